@@ -1,0 +1,55 @@
+# jetquant: `make engine` builds the INT8 model (and TensorRT engines where TensorRT is
+# installed); `make test` runs the checks. Every target bootstraps its own virtual environment.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jetquant-installed
+DATA ?=
+CHECKPOINT ?=
+REPORT_DIR ?= reports
+ARGS ?=
+RECALIBRATE ?=
+RETRAIN ?=
+
+data_arg = $(if $(DATA),--data $(DATA))
+stage_args = $(data_arg) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+	$(if $(RECALIBRATE),--recalibrate) $(if $(RETRAIN),--retrain) $(ARGS)
+
+.PHONY: help venv engine train export calibrate benchmark test lint clean device-check
+
+help:
+	@echo "make engine    [DATA=...] train (first run), export, calibrate, build INT8 (+ TensorRT)"
+	@echo "make benchmark [DATA=...] latency + accuracy of every precision, reports in $(REPORT_DIR)/"
+	@echo "make test                 lint + tests"
+	@echo "make docker / docker-engine / device-check   on a Jetson or GPU machine"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(if $(wildcard /etc/nv_tegra_release),--system-site-packages) $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+engine: $(STAMP)
+	$(PY) -m pipeline engine $(stage_args)
+
+train: $(STAMP)
+	$(PY) -m pipeline train $(data_arg) $(ARGS)
+
+calibrate export: $(STAMP)
+	$(PY) -m pipeline $@ $(stage_args)
+
+benchmark: $(STAMP)
+	$(PY) -m pipeline benchmark $(stage_args) --report-dir $(REPORT_DIR)
+
+lint: $(STAMP)
+	$(PY) -m ruff check pipeline tests
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(REPORT_DIR) .pytest_cache .ruff_cache
+
+-include docker/docker.mk

@@ -1,0 +1,243 @@
+"""The ``benchmark`` stage: latency and accuracy of every precision, side by side, in one run.
+
+Each model is measured in its own worker process (``python -m
+pipeline.benchmark WORKER.json``) on the same preprocessed eval images, so one
+model's memory and threads do not disturb the next, and its peak RSS is its
+own. Batch-1 latency comes from ``iterations`` timed runs after ``warmup``
+untimed ones, cycling through the eval images; throughput from a sweep of
+batch sizes. Every result names the backend and device that produced it.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import __version__
+from .artifacts import sha256_file
+from .errors import JetquantError
+from .log import get_logger
+
+log = get_logger("benchmark")
+
+NOISY_CV = 0.10
+
+
+def _models(artifacts, checkpoint):
+    """(name, precision, role, runner kind, path) for every model measured on the CPU."""
+    return [("fp32-torch", "fp32", "reference", "torch", checkpoint),
+            ("fp32-ort", "fp32", "baseline", "onnx", artifacts["fp32"]),
+            ("int8-cpu", "int8", "candidate", "onnx", artifacts["cpu"]),
+            ("int8-qdq", "int8", "accuracy-only", "onnx", artifacts["qdq"])]
+
+
+def run_benchmark(opts, args):
+    """Build (or reuse) every artifact, measure each model, write the reports.
+
+    Returns:
+        The report dict (``report["passed"]`` is False when a gate failed).
+    """
+    from . import gates, report as reporting
+    from .data import load_dataset
+    from .device import describe_host
+    from .evaluate import eval_arrays
+    from .preprocess import Preprocess
+    from .workflow import checkpoint_for, engine
+
+    built = engine(opts)
+    dataset = load_dataset(opts.data, allow_leakage=opts.allow_leakage, check_images=False)
+    checkpoint = checkpoint_for(opts, dataset)
+    sidecar = json.load(open(built["artifacts"]["fp32"] + ".json"))
+    spec = Preprocess.from_dict(sidecar["preprocess"])
+    batches = [int(b) for b in str(args.batches).split(",") if b.strip()]
+    limits = gates.resolve_limits({"max_top1_drop": args.max_top1_drop,
+                                   "max_class_recall_drop": args.max_class_recall_drop,
+                                   "min_speedup": args.min_speedup}, args.gates)
+    host = dict(describe_host(), versions=versions())
+    device = _device_label(host)
+    with tempfile.TemporaryDirectory(prefix="jetquant-bench-") as tmp:
+        images, labels = eval_arrays(dataset, spec)
+        np.save(os.path.join(tmp, "images.npy"), images)
+        del images
+        results = []
+        for name, precision, role, kind, path in _models(built["artifacts"], checkpoint):
+            job = {"kind": kind, "path": str(path), "images": os.path.join(tmp, "images.npy"),
+                   "out": os.path.join(tmp, name), "iterations": args.iterations,
+                   "warmup": args.warmup, "batches": batches if role != "accuracy-only" else [],
+                   "latency": role != "accuracy-only", "threads": os.cpu_count() or 1}
+            measured = _run_worker(job, name)
+            results.append(dict(measured, name=name, precision=precision, role=role,
+                                model_path=str(path), sha256=sha256_file(path),
+                                size_bytes=os.path.getsize(str(path)), device=device,
+                                pinned_layers=sidecar_pins(path)))
+    report = assemble(results, labels, dataset, host, device, built)
+    report["gates"] = gates.evaluate(report, limits)
+    report["passed"] = all(g["passed"] for g in report["gates"])
+    reporting.write_reports(report, args.report_dir)
+    print(reporting.summary_table(report))
+    for gate in report["gates"]:
+        if not gate["passed"]:
+            log.error("gate %s failed: %s (limit %s)", gate["name"], gate.get("detail"),
+                      gate["limit"])
+    return report
+
+
+def sidecar_pins(path):
+    """Pinned layers recorded in an artifact's sidecar, or []."""
+    side = str(path) + ".json"
+    if not os.path.isfile(side):
+        return []
+    with open(side) as handle:
+        return json.load(handle).get("pinned_layers", [])
+
+
+def _device_label(host):
+    cpu = host.get("cpu") or {}
+    flags = [f for f in ("avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "avx2")
+             if f in (cpu.get("flags") or [])]
+    return "{} CPU ({}), {} cores ({})".format(cpu.get("model") or "unknown", host.get("machine"),
+                                              cpu.get("count") or os.cpu_count(),
+                                              ", ".join(flags) or "no VNNI")
+
+
+def versions():
+    """Versions of everything that produced the figures."""
+    import platform
+
+    import onnxruntime
+    import torch
+
+    from .build import tensorrt_available
+
+    return {"jetquant": __version__, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "numpy": np.__version__, "tensorrt": tensorrt_available()}
+
+
+def _run_worker(job, name):
+    job_path = job["out"] + ".job.json"
+    with open(job_path, "w") as handle:
+        json.dump(job, handle)
+    log.info("measuring %s (%s) ...", name, os.path.basename(job["path"]))
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmark", job_path],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if proc.returncode != 0:
+        raise JetquantError("benchmark worker for {} failed:\n{}".format(
+            name, proc.stderr.strip()[-2000:]))
+    with open(job["out"] + ".result.json") as handle:
+        result = json.load(handle)
+    result["logits"] = np.load(job["out"] + ".logits.npy")
+    log.info("%s done in %.0f s", name, time.perf_counter() - started)
+    return result
+
+
+def assemble(results, labels, dataset, host, device, built):
+    """Turn worker measurements into the report.json structure (schema 1)."""
+    from . import stats
+
+    classes = dataset.classes
+    logits = {r["name"]: r.pop("logits") for r in results}
+    for r in results:
+        pred = logits[r["name"]].argmax(1)
+        per = stats.per_class(pred, labels, len(classes))
+        r["top1"] = stats.top1(pred, labels)
+        r["per_class_recall"] = dict(zip(classes, per["recall"]))
+        r["per_class_precision"] = dict(zip(classes, per["precision"]))
+        r["confusion"] = np.asarray(stats.confusion(pred, labels, len(classes))).tolist()
+    base = next(r for r in results if r["role"] == "baseline")
+    for r in results:
+        r["size_ratio"] = r["size_bytes"] / float(base["size_bytes"])
+        r["vs_baseline"] = None if r is base else _versus(r, logits[r["name"]],
+                                                          logits[base["name"]], labels, base)
+    return {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tool": {"name": "jetquant", "version": __version__}, "backend": base["backend"],
+            "device": device, "environment": host, "baseline": base["name"],
+            "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.digest(),
+                        "split": "eval", "images": int(len(labels)), "classes": classes},
+            "pinned_layers": built["pinned"], "results": results}
+
+
+def _versus(r, logits, base_logits, labels, base):
+    from . import stats
+
+    pred, base_pred = logits.argmax(1), base_logits.argmax(1)
+    diff = stats.paired_accuracy_diff(pred == labels, base_pred == labels)
+    recall_drop = {c: None if r["per_class_recall"][c] is None or base["per_class_recall"][c]
+                   is None else base["per_class_recall"][c] - r["per_class_recall"][c]
+                   for c in r["per_class_recall"]}
+    speedup = None
+    if r.get("latency_ms") and base.get("latency_ms"):
+        speedup = base["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+    return {"agreement": stats.agreement(pred, base_pred),
+            "logit_cosine": stats.logit_cosine(logits, base_logits),
+            "max_abs_diff": stats.max_abs_diff(logits, base_logits),
+            "top1_diff": diff["diff"], "top1_diff_ci95": diff["ci"],
+            "mcnemar_p": diff["mcnemar_p"], "discordant": diff["discordant"],
+            "recall_drop": recall_drop, "speedup_p50": speedup}
+
+
+# ---- worker side -------------------------------------------------------------------------
+
+
+def _worker(job_path):
+    from . import stats
+    from .evaluate import logits_of, ort_runner, torch_runner
+
+    with open(job_path) as handle:
+        job = json.load(handle)
+    images = np.load(job["images"], mmap_mode="r")
+    if job["kind"] == "torch":
+        import torch
+
+        run = torch_runner(job["path"], job["threads"])
+        backend = "PyTorch {} eager (CPU)".format(torch.__version__)
+    else:
+        import onnxruntime as ort
+
+        run = ort_runner(job["path"], job["threads"])
+        backend = "onnxruntime {} (CPUExecutionProvider)".format(ort.__version__)
+    result = {"backend": backend, "latency_ms": None, "throughput": None,
+              "latency_split_ms": None}
+    if job["latency"]:
+        samples = _latency(run, images, job["warmup"], job["iterations"])
+        result["latency_ms"] = dict(stats.latency_summary(samples), samples=samples)
+        result["throughput"] = {str(b): _throughput(run, images, b) for b in job["batches"]}
+    np.save(job["out"] + ".logits.npy", logits_of(run, images))
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open(job["out"] + ".result.json", "w") as handle:
+        json.dump(result, handle)
+
+
+def _latency(run, images, warmup, iterations):
+    n = len(images)
+    for i in range(warmup):
+        run(np.ascontiguousarray(images[i % n:i % n + 1]))
+    samples = []
+    for i in range(iterations):
+        batch = np.ascontiguousarray(images[i % n:i % n + 1])
+        start = time.perf_counter()
+        run(batch)
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return samples
+
+
+def _throughput(run, images, batch_size, min_seconds=2.0, min_runs=3):
+    batch = np.ascontiguousarray(images[:batch_size])
+    if len(batch) < batch_size:
+        batch = np.concatenate([batch] * (batch_size // max(1, len(batch)) + 1))[:batch_size]
+    run(batch)
+    runs, start = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - start < min_seconds:
+        run(batch)
+        runs += 1
+    return runs * batch_size / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])

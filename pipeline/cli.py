@@ -1,0 +1,131 @@
+"""Command line: ``python -m pipeline <stage> [options]``.
+
+Only parses arguments and calls the library; user errors (``JetquantError``)
+are printed on one line and exit with status 2.
+"""
+
+import argparse
+import sys
+
+from .errors import JetquantError
+from .log import get_logger, setup
+
+log = get_logger("cli")
+
+
+def _common(parser):
+    parser.add_argument("--data", help="folder of class folders, CSV manifest path,label,split, or "
+                        "'elpv' (default: ../shared/data/neu-det if present, else elpv)")
+    parser.add_argument("--arch", default="resnet50", help="architecture (default resnet50)")
+    parser.add_argument("--checkpoint", help="FP32 baseline checkpoint (default: "
+                        "checkpoints/<data>-<arch>.safetensors, trained if missing)")
+    parser.add_argument("--allow-leakage", action="store_true",
+                        help="warn instead of failing when an image is in two splits")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and "
+                        "TensorRT's verbose log)")
+
+
+def _engine_args(parser):
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs if a baseline "
+                        "must be trained (default 12)")
+    parser.add_argument("--init", help="weights to fine-tune from when training")
+    parser.add_argument("--retrain", action="store_true", help="train the baseline again")
+    parser.add_argument("--calib-algo", default="entropy", choices=["entropy", "minmax",
+                        "percentile"], help="calibration algorithm (default entropy)")
+    parser.add_argument("--calib-batch", type=int, default=8, help="calibration batch size "
+                        "(default 8)")
+    parser.add_argument("--calib-cache", help="calibration cache to use (refused when stale)")
+    parser.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
+    parser.add_argument("--pin", action="append", default=[], metavar="NAME_OR_PATTERN",
+                        help="also keep these ONNX nodes out of INT8 (FP16 on TensorRT); "
+                        "fnmatch patterns allowed; the first conv is always pinned")
+    parser.add_argument("--trt-target", default="10.3.0", help="TensorRT version the host-side "
+                        "calibration cache is written for (default 10.3.0, JetPack 6)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "int8", "fp16", "fp32"],
+                        help="TensorRT engine precision (auto: INT8, or FP16 where the GPU has no "
+                        "fast INT8)")
+    parser.add_argument("--route", default="auto", choices=["auto", "implicit", "explicit"],
+                        help="TensorRT INT8 route: implicit (calibrator; 8.2 to 10.x) or explicit "
+                        "(Q/DQ graph; the only one on TensorRT 11)")
+
+
+def _benchmark_args(parser):
+    parser.add_argument("--report-dir", default="reports", help="output folder (default reports)")
+    parser.add_argument("--iterations", type=int, default=200, help="timed batch-1 runs per model")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed runs first")
+    parser.add_argument("--batches", default="1,8,32", help="throughput batch sizes")
+    parser.add_argument("--gates", help="JSON or TOML file of gate limits")
+    parser.add_argument("--max-top1-drop", type=float, help="gate: points of top-1 INT8 may lose")
+    parser.add_argument("--max-class-recall-drop", type=float,
+                        help="gate: points of recall any class may lose")
+    parser.add_argument("--min-speedup", type=float, help="gate: INT8 p50 speed-up over FP32")
+
+
+def get_parser():
+    """Build the argument parser."""
+    parser = argparse.ArgumentParser(prog="jetquant", description="INT8 engines for image "
+                                     "classifiers, with proof they lost no accuracy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train the FP32 baseline")
+    _common(train)
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--init", help="weights to fine-tune from")
+    train.add_argument("--out", help="checkpoint to write")
+    for name, text in (("export", "checkpoint -> ONNX, checked against PyTorch"),
+                       ("calibrate", "entropy calibration on the calib split"),
+                       ("engine", "train if needed, export, calibrate, build")):
+        stage = sub.add_parser(name, help=text)
+        _common(stage)
+        _engine_args(stage)
+    bench = sub.add_parser("benchmark", help="latency and accuracy of every precision + report")
+    _common(bench)
+    _engine_args(bench)
+    _benchmark_args(bench)
+    return parser
+
+
+def main(argv=None):
+    """Entry point; returns the process exit status."""
+    args = get_parser().parse_args(argv)
+    setup(args.verbose)
+    try:
+        return _dispatch(args)
+    except JetquantError as exc:
+        print("jetquant: error: {}".format(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jetquant: interrupted", file=sys.stderr)
+        return 130
+
+
+def _options(args):
+    from .workflow import Options
+
+    names = ("data", "arch", "checkpoint", "init", "retrain", "epochs", "calib_algo", "calib_batch",
+             "calib_cache", "recalibrate", "trt_target", "allow_leakage", "precision", "route")
+    values = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    values["pins"] = getattr(args, "pin", [])
+    return Options(**values)
+
+
+def _dispatch(args):
+    if args.command == "train":
+        from .data import load_dataset
+        from .train import Recipe, train
+        from .workflow import stem
+
+        dataset = load_dataset(args.data, allow_leakage=args.allow_leakage)
+        out = args.out or "checkpoints/{}.safetensors".format(stem(dataset, args.arch))
+        train(dataset, out, arch=args.arch, recipe=Recipe(epochs=args.epochs), init=args.init)
+        return 0
+    if args.command in ("export", "calibrate", "engine"):
+        from .workflow import engine
+
+        engine(_options(args), until=args.command)
+        return 0
+    if args.command == "benchmark":
+        from .benchmark import run_benchmark
+
+        report = run_benchmark(_options(args), args)
+        return 0 if report["passed"] else 1
+    raise JetquantError("unknown command " + args.command)

@@ -1,0 +1,72 @@
+"""Running models on preprocessed images: ONNX Runtime sessions and PyTorch eager.
+
+Shared by the ``engine`` stage (accuracy printed after each artifact) and the
+benchmark workers. Every runner takes the same preprocessed (N, C, H, W)
+float32 array, so all precisions see byte-identical inputs.
+"""
+
+import os
+
+import numpy as np
+
+from .data import paths
+from .preprocess import load_batch
+
+INPUT = "input"
+OUTPUT = "logits"
+
+
+def eval_arrays(dataset, spec, split="eval"):
+    """Preprocess one split once: (images float32 NCHW, labels int64)."""
+    samples = dataset.split(split)
+    return load_batch(paths(samples), spec), np.asarray(dataset.labels(samples), dtype=np.int64)
+
+
+def ort_session(path, threads=None):
+    """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path, threads=None):
+    """Return ``run(batch) -> logits`` for an ONNX model."""
+    session = ort_session(path, threads)
+
+    def run(batch):
+        return session.run([OUTPUT], {INPUT: batch})[0]
+
+    return run
+
+
+def torch_runner(checkpoint, threads=None):
+    """Return ``run(batch) -> logits`` for a checkpoint in PyTorch eager FP32."""
+    import torch
+
+    from .model import load_checkpoint
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    model = load_checkpoint(checkpoint).model.eval()
+
+    def run(batch):
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+
+    return run
+
+
+def logits_of(run, images, batch_size=32):
+    """Run ``run`` over all images in batches; return (N, classes) float32 logits."""
+    out = [run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def top1(logits, labels):
+    """Fraction of images whose highest logit is the label."""
+    return float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())

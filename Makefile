@@ -43,11 +43,23 @@ calibrate export: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) -m pipeline benchmark $(stage_args) --report-dir $(REPORT_DIR)
 
+# Modules the device side imports: they must parse on Python 3.6 (Jetson Nano, JetPack 4.6).
+DEVICE_MODULES := pipeline/__init__.py pipeline/errors.py pipeline/log.py pipeline/artifacts.py \
+	pipeline/preprocess.py pipeline/data.py pipeline/stats.py pipeline/device.py \
+	pipeline/trt_adapter.py pipeline/trt_calibrator.py pipeline/trt_build.py pipeline/trt_runtime.py
+TRT_BINDINGS := .cache/trt-bindings
+
+$(TRT_BINDINGS)/.installed: .ci/install-trt-bindings.sh $(STAMP)
+	PYTHON=$(PY) bash .ci/install-trt-bindings.sh $(TRT_BINDINGS)
+	touch $@
+
 lint: $(STAMP)
 	$(PY) -m ruff check pipeline tests
+	$(VENV)/bin/vermin -t=3.6- --no-tips --violations $(DEVICE_MODULES)
+	$(VENV)/bin/hadolint --no-color docker/Dockerfile.*
 
-test: $(STAMP) lint
-	$(PY) -m pytest -q
+test: $(STAMP) $(TRT_BINDINGS)/.installed lint
+	HADOLINT=$(CURDIR)/$(VENV)/bin/hadolint $(PY) -m pytest -q
 
 clean:
 	rm -rf $(REPORT_DIR) .pytest_cache .ruff_cache

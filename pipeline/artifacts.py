@@ -68,9 +68,11 @@ def read_json(path, what):
         with open(str(path), "r") as handle:
             return json.load(handle)
     except FileNotFoundError:
-        raise JetquantError("{} not found: {}".format(what, path))
+        raise JetquantError("{} not found: {}".format(what, path)) from None
     except ValueError as exc:
-        raise JetquantError("{} {} is not valid JSON ({}); delete it and rerun".format(what, path, exc))
+        raise JetquantError(
+            "{} {} is not valid JSON ({}); delete it and rerun".format(what, path, exc)
+        ) from None
 
 
 def sidecar_path(path):

@@ -42,7 +42,8 @@ def run_benchmark(opts, args):
     Returns:
         The report dict (``report["passed"]`` is False when a gate failed).
     """
-    from . import gates, report as reporting
+    from . import gates
+    from . import report as reporting
     from .data import load_dataset
     from .device import describe_host
     from .evaluate import eval_arrays
@@ -126,7 +127,7 @@ def _run_worker(job, name):
     log.info("measuring %s (%s) ...", name, os.path.basename(job["path"]))
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pipeline.benchmark", job_path],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise JetquantError("benchmark worker for {} failed:\n{}".format(
             name, proc.stderr.strip()[-2000:]))

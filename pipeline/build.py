@@ -25,13 +25,16 @@ DEFAULT_TRT_TARGET = "10.3.0"
 
 def artifact_paths(engines_dir, stem):
     """The files this stage writes for a model stem."""
-    return {"qdq": os.path.join(engines_dir, stem + ".int8-qdq.onnx"),
-            "cpu": os.path.join(engines_dir, stem + ".int8-cpu.onnx"),
-            "cache": os.path.join(engines_dir, stem + ".trt-calib.cache")}
+    return {
+        "qdq": os.path.join(engines_dir, stem + ".int8-qdq.onnx"),
+        "cpu": os.path.join(engines_dir, stem + ".int8-cpu.onnx"),
+        "cache": os.path.join(engines_dir, stem + ".trt-calib.cache"),
+    }
 
 
-def build_int8_artifacts(fp32_path, calib, pinned, engines_dir, stem, export_record,
-                         trt_target=DEFAULT_TRT_TARGET):
+def build_int8_artifacts(
+    fp32_path, calib, pinned, engines_dir, stem, export_record, trt_target=DEFAULT_TRT_TARGET
+):
     """Write (or reuse) the three INT8 artifacts from one calibration.
 
     Args:
@@ -47,30 +50,50 @@ def build_int8_artifacts(fp32_path, calib, pinned, engines_dir, stem, export_rec
         {kind: path} of the artifacts.
     """
     paths = artifact_paths(engines_dir, stem)
-    common = {"calibration": sha256_json(calib["ranges"]), "model_sha256": calib["key"]["model_sha256"],
-              "preprocess": calib["key"]["preprocess"], "calib_set_sha256":
-              calib["key"]["calib_set_sha256"], "algorithm": calib["key"]["algorithm"],
-              "batch_size": calib["key"]["batch_size"], "pinned_layers": list(pinned),
-              "versions": {"jetquant": __version__, "onnxruntime": ort.__version__,
-                           "onnx": onnx.__version__}}
-    extra = {"classes": export_record["classes"], "preprocess": export_record["preprocess"],
-             "pinned_layers": list(pinned), "input": calib["input"]}
+    common = {
+        "calibration": sha256_json(calib["ranges"]),
+        "model_sha256": calib["key"]["model_sha256"],
+        "preprocess": calib["key"]["preprocess"],
+        "calib_set_sha256": calib["key"]["calib_set_sha256"],
+        "algorithm": calib["key"]["algorithm"],
+        "batch_size": calib["key"]["batch_size"],
+        "pinned_layers": list(pinned),
+        "versions": {
+            "jetquant": __version__,
+            "onnxruntime": ort.__version__,
+            "onnx": onnx.__version__,
+        },
+    }
+    extra = {
+        "classes": export_record["classes"],
+        "preprocess": export_record["preprocess"],
+        "pinned_layers": list(pinned),
+        "input": calib["input"],
+    }
     for kind, target in (("qdq", "tensorrt"), ("cpu", "cpu")):
         key = dict(common, target=target)
         if is_fresh(paths[kind], key):
             log.info("reusing %s (key unchanged)", describe(paths[kind]))
             continue
         with Timer() as timer:
-            quantize(fp32_path, paths[kind], calib["ranges"], calib["key"]["algorithm"], pinned,
-                     target)
+            quantize(
+                fp32_path, paths[kind], calib["ranges"], calib["key"]["algorithm"], pinned, target
+            )
         write_sidecar(paths[kind], key, dict(extra, target=target))
-        log.info("wrote %s in %.1f s (%s INT8, pinned: %s)", describe(paths[kind]), timer.elapsed,
-                 "symmetric s8/s8 Q/DQ for TensorRT" if target == "tensorrt" else
-                 "u8/s8 for ONNX Runtime CPU", ", ".join(pinned))
+        log.info(
+            "wrote %s in %.1f s (%s INT8, pinned: %s)",
+            describe(paths[kind]),
+            timer.elapsed,
+            "symmetric s8/s8 Q/DQ for TensorRT"
+            if target == "tensorrt"
+            else "u8/s8 for ONNX Runtime CPU",
+            ", ".join(pinned),
+        )
     key = dict(common, target="tensorrt-cache", trt_version=trt_target)
     if not is_fresh(paths["cache"], key):
-        atomic_write(paths["cache"], trt_cache_text(calib["ranges"], trt_target,
-                                                    calib["key"]["algorithm"]))
+        atomic_write(
+            paths["cache"], trt_cache_text(calib["ranges"], trt_target, calib["key"]["algorithm"])
+        )
         write_sidecar(paths["cache"], key, dict(extra, trt_version=trt_target))
     log.info("TensorRT calibration cache for TensorRT %s: %s", trt_target, describe(paths["cache"]))
     return paths

@@ -30,13 +30,16 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod
-from onnxruntime.quantization.calibrate import create_calibrator
+from onnxruntime.quantization.calibrate import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    create_calibrator,
+)
 
 from .artifacts import atomic_write_json, read_json, sha256_file
 from .data import paths, samples_digest
 from .errors import JetquantError
-from .log import Timer, get_logger, quiet
+from .log import Quiet, Timer, get_logger
 from .preprocess import load_batch
 
 log = get_logger("calibrate")
@@ -51,16 +54,25 @@ KL_EPS = 1e-4
 
 def cache_key(onnx_path, spec, samples, algorithm, batch_size):
     """The key a calibration cache is valid for: every input that changes the ranges."""
-    return {"model_sha256": sha256_file(onnx_path), "preprocess": spec.to_dict(),
-            "calib_set_sha256": samples_digest(samples), "calib_images": len(samples),
-            "algorithm": algorithm, "batch_size": batch_size,
-            "histogram": {"abs_bins": SIGNED_BINS // 2, "quant_levels": QUANT_LEVELS,
-                          "percentile": PERCENTILE},
-            "onnxruntime": ort.__version__}
+    return {
+        "model_sha256": sha256_file(onnx_path),
+        "preprocess": spec.to_dict(),
+        "calib_set_sha256": samples_digest(samples),
+        "calib_images": len(samples),
+        "algorithm": algorithm,
+        "batch_size": batch_size,
+        "histogram": {
+            "abs_bins": SIGNED_BINS // 2,
+            "quant_levels": QUANT_LEVELS,
+            "percentile": PERCENTILE,
+        },
+        "onnxruntime": ort.__version__,
+    }
 
 
-def calibrate(onnx_path, dataset, spec, cache_path, algorithm="entropy", batch_size=8,
-              recalibrate=False):
+def calibrate(
+    onnx_path, dataset, spec, cache_path, algorithm="entropy", batch_size=8, recalibrate=False
+):
     """Compute (or reuse) activation ranges for every tensor of the FP32 graph.
 
     Args:
@@ -80,11 +92,16 @@ def calibrate(onnx_path, dataset, spec, cache_path, algorithm="entropy", batch_s
             an input range that says the preprocessing is wrong.
     """
     if algorithm not in ALGORITHMS:
-        raise JetquantError("--calib-algo {!r} is not one of {}".format(algorithm, ", ".join(ALGORITHMS)))
+        raise JetquantError(
+            "--calib-algo {!r} is not one of {}".format(algorithm, ", ".join(ALGORITHMS))
+        )
     samples = dataset.split("calib")
     if not samples:
-        raise JetquantError("data set {} has no calib split: the manifest needs rows with "
-                            "split=calib".format(dataset.name))
+        raise JetquantError(
+            "data set {} has no calib split: the manifest needs rows with split=calib".format(
+                dataset.name
+            )
+        )
     _warn_balance(dataset, samples)
     key = cache_key(onnx_path, spec, samples, algorithm, batch_size)
     if os.path.isfile(str(cache_path)) and not recalibrate:
@@ -97,9 +114,15 @@ def calibrate(onnx_path, dataset, spec, cache_path, algorithm="entropy", batch_s
         ranges, stats = _run(onnx_path, samples, spec, algorithm, batch_size)
     input_name = _input_name(onnx_path)
     check_input_range(ranges[input_name], spec)
-    record = {"key": key, "ranges": ranges, "input": dict(ranges[input_name], name=input_name),
-              "seconds": round(timer.elapsed, 1), "peak_rss_bytes": _peak_rss(),
-              "images": len(samples), "batches": stats["batches"]}
+    record = {
+        "key": key,
+        "ranges": ranges,
+        "input": dict(ranges[input_name], name=input_name),
+        "seconds": round(timer.elapsed, 1),
+        "peak_rss_bytes": _peak_rss(),
+        "images": len(samples),
+        "batches": stats["batches"],
+    }
     atomic_write_json(cache_path, record)
     _log_summary(record)
     return record
@@ -114,13 +137,19 @@ def load_cache(path, key):
         raise JetquantError(
             "calibration cache {} is stale: it was made for other {} ({}); delete it or rerun "
             "with --recalibrate (RECALIBRATE=1 with make)".format(
-                path, ", ".join(_what(k) for k in changed), _diff(stored, key, changed[0])))
+                path, ", ".join(_what(k) for k in changed), _diff(stored, key, changed[0])
+            )
+        )
     return record
 
 
 def _what(field):
-    return {"model_sha256": "weights", "calib_set_sha256": "calibration images",
-            "preprocess": "preprocessing", "batch_size": "batch size"}.get(field, field)
+    return {
+        "model_sha256": "weights",
+        "calib_set_sha256": "calibration images",
+        "preprocess": "preprocessing",
+        "batch_size": "batch size",
+    }.get(field, field)
 
 
 def _diff(stored, key, field):
@@ -136,12 +165,20 @@ def _warn_balance(dataset, samples):
         counts[s.label] += 1
     balance = ", ".join("{} {}".format(c, n) for c, n in counts.items())
     if len(samples) < CALIB_SIZE:
-        log.warning("calibration set has %d images, fewer than %d: ranges may be unrepresentative "
-                    "(class balance: %s)", len(samples), CALIB_SIZE, balance)
+        log.warning(
+            "calibration set has %d images, fewer than %d: ranges may be unrepresentative "
+            "(class balance: %s)",
+            len(samples),
+            CALIB_SIZE,
+            balance,
+        )
     absent = [c for c, n in counts.items() if n == 0]
     if absent:
-        log.warning("calibration set has no image of class(es) %s (class balance: %s)",
-                    ", ".join(absent), balance)
+        log.warning(
+            "calibration set has no image of class(es) %s (class balance: %s)",
+            ", ".join(absent),
+            balance,
+        )
 
 
 class _BatchReader(CalibrationDataReader):
@@ -156,29 +193,41 @@ class _BatchReader(CalibrationDataReader):
 
 def _run(onnx_path, samples, spec, algorithm, batch_size):
     input_name = _input_name(onnx_path)
-    method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-              "percentile": CalibrationMethod.Percentile}[algorithm]
-    options = {"entropy": {"num_bins": SIGNED_BINS, "num_quantized_bins": QUANT_LEVELS},
-               "minmax": {}, "percentile": {"num_bins": SIGNED_BINS // 2, "percentile": PERCENTILE,
-                                            "symmetric": True}}[algorithm]
+    method = {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[algorithm]
+    options = {
+        "entropy": {"num_bins": SIGNED_BINS, "num_quantized_bins": QUANT_LEVELS},
+        "minmax": {},
+        "percentile": {"num_bins": SIGNED_BINS // 2, "percentile": PERCENTILE, "symmetric": True},
+    }[algorithm]
     stds = []
     batches = (len(samples) + batch_size - 1) // batch_size
     with tempfile.TemporaryDirectory(prefix="jetquant-calib-") as tmp:
-        calibrator = create_calibrator(str(onnx_path), [],
-                                       augmented_model_path=os.path.join(tmp, "augmented.onnx"),
-                                       calibrate_method=method, extra_options=options)
+        calibrator = create_calibrator(
+            str(onnx_path),
+            [],
+            augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+            calibrate_method=method,
+            extra_options=options,
+        )
         calibrator.execution_providers = ["CPUExecutionProvider"]
         calibrator.create_inference_session()
         for index in range(batches):
-            batch = load_batch(paths(samples[index * batch_size:(index + 1) * batch_size]), spec)
-            stds.extend(float(s) for s in batch.reshape(len(batch), -1).std(axis=1))
-            with quiet():
+            batch = load_batch(paths(samples[index * batch_size : (index + 1) * batch_size]), spec)
+            per_channel = batch.reshape(batch.shape[0], batch.shape[1], -1).std(axis=2)
+            stds.extend(float(s) for s in per_channel.max(axis=1))
+            with Quiet():
                 calibrator.collect_data(_BatchReader(input_name, batch))
             log.info("calibration batch %d/%d", index + 1, batches)
         if max(stds) < 1e-6:
-            raise JetquantError("every calibration image is constant (blank or single-colour); "
-                                "the calib split must hold real images")
-        with quiet():
+            raise JetquantError(
+                "every calibration image is constant (blank or single-colour); "
+                "the calib split must hold real images"
+            )
+        with Quiet():
             ranges = _ranges(calibrator, algorithm)
     return ranges, {"batches": batches}
 
@@ -188,19 +237,29 @@ def _ranges(calibrator, algorithm):
         data = calibrator.compute_data()
         out = {}
         for name in data:
-            lo, hi = (float(v) for v in data[name].range_value)
+            lo, hi = (float(np.asarray(v).min()) for v in data[name].range_value)
             out[name] = {"min": lo, "max": hi, "amax": max(abs(lo), abs(hi))}
         return out
     histograms = calibrator.collector.histogram_dict
     if algorithm == "percentile":
         data = calibrator.compute_data()
-        return {name: {"min": float(histograms[name][2]), "max": float(histograms[name][3]),
-                       "amax": float(data[name].range_value[1])} for name in data}
+        return {
+            name: {
+                "min": float(histograms[name][2]),
+                "max": float(histograms[name][3]),
+                "amax": float(data[name].range_value[1]),
+            }
+            for name in data
+        }
     out = {}
     for name, (hist, edges, lo, hi, _) in histograms.items():
         abs_hist, abs_edges = fold_histogram(hist, edges)
-        out[name] = {"min": float(lo), "max": float(hi),
-                     "amax": entropy_threshold(abs_hist, abs_edges)}
+        observed = max(abs(float(lo)), abs(float(hi)))
+        out[name] = {
+            "min": float(lo),
+            "max": float(hi),
+            "amax": min(entropy_threshold(abs_hist, abs_edges), observed),
+        }
     return out
 
 
@@ -277,12 +336,20 @@ def check_input_range(observed, spec):
     expected = float(max(np.abs(-mean / std).max(), np.abs((1 - mean) / std).max()))
     amax = max(abs(observed["min"]), abs(observed["max"]))
     if amax > 1.05 * expected or amax < 0.5 * expected:
-        hint = " (raw 0..255 pixels?)" if amax > 100 else " (0..1 pixels, no mean/std?)" \
-            if 0.9 < amax < 1.1 else ""
-        raise JetquantError("calibration input range is [{:.3g}, {:.3g}] (amax {:.3g}) but the "
-                            "model's preprocessing gives amax up to {:.3g}{}; the calibration "
-                            "images were not preprocessed like training: fix the preprocessing"
-                            .format(observed["min"], observed["max"], amax, expected, hint))
+        hint = (
+            " (raw 0..255 pixels?)"
+            if amax > 100
+            else " (0..1 pixels, no mean/std?)"
+            if 0.9 < amax < 1.1
+            else ""
+        )
+        raise JetquantError(
+            "calibration input range is [{:.3g}, {:.3g}] (amax {:.3g}) but the "
+            "model's preprocessing gives amax up to {:.3g}{}; the calibration "
+            "images were not preprocessed like training: fix the preprocessing".format(
+                observed["min"], observed["max"], amax, expected, hint
+            )
+        )
 
 
 def _input_name(onnx_path):
@@ -297,8 +364,16 @@ def _peak_rss():
 
 def _log_summary(record):
     inp = record["input"]
-    log.info("calibration (%s, %d images, batch %d): %d tensors in %.1f s, peak RSS %.2f GB; "
-             "network input range [%.3f, %.3f], amax %.3f", record["key"]["algorithm"],
-             record["images"], record["key"]["batch_size"], len(record["ranges"]),
-             record["seconds"], record["peak_rss_bytes"] / 1e9, inp["min"], inp["max"],
-             inp["amax"])
+    log.info(
+        "calibration (%s, %d images, batch %d): %d tensors in %.1f s, peak RSS %.2f GB; "
+        "network input range [%.3f, %.3f], amax %.3f",
+        record["key"]["algorithm"],
+        record["images"],
+        record["key"]["batch_size"],
+        len(record["ranges"]),
+        record["seconds"],
+        record["peak_rss_bytes"] / 1e9,
+        inp["min"],
+        inp["max"],
+        inp["amax"],
+    )

@@ -28,12 +28,24 @@ from .preprocess import open_rgb
 log = get_logger("data")
 
 SPLITS = ("train", "calib", "eval")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+)
 MANIFEST_NAMES = ("manifest.csv", "splits_suggested.csv")
 CALIB_SIZE = 200
 EVAL_FRACTION = 1.0 / 3.0
-SHARED_NEU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "..", "shared", "data", "neu-det")
+SHARED_NEU = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "neu-det"
+)
 
 
 class Sample(NamedTuple):
@@ -116,16 +128,28 @@ def load_dataset(source=None, check_images=True, allow_leakage=False):
     elif os.path.isfile(source):
         dataset = _load_manifest(source)
     elif os.path.isdir(source):
-        manifest = [os.path.join(source, n) for n in MANIFEST_NAMES
-                    if os.path.isfile(os.path.join(source, n))]
+        manifest = [
+            os.path.join(source, n)
+            for n in MANIFEST_NAMES
+            if os.path.isfile(os.path.join(source, n))
+        ]
         dataset = _load_manifest(manifest[0]) if manifest else _load_folder(source)
     else:
-        raise JetquantError("data set not found: {} (give a folder of class folders, a CSV "
-                            "manifest path,label,split, or 'elpv')".format(source))
+        raise JetquantError(
+            "data set not found: {} (give a folder of class folders, a CSV "
+            "manifest path,label,split, or 'elpv')".format(source)
+        )
     _validate(dataset, check_images, allow_leakage)
-    log.info("data %s: %d images, %d classes, train/calib/eval = %d/%d/%d (%s)", dataset.name,
-             len(dataset.samples), len(dataset.classes), len(dataset.split("train")),
-             len(dataset.split("calib")), len(dataset.split("eval")), dataset.source)
+    log.info(
+        "data %s: %d images, %d classes, train/calib/eval = %d/%d/%d (%s)",
+        dataset.name,
+        len(dataset.samples),
+        len(dataset.classes),
+        len(dataset.split("train")),
+        len(dataset.split("calib")),
+        len(dataset.split("eval")),
+        dataset.source,
+    )
     return dataset
 
 
@@ -135,17 +159,25 @@ def _load_manifest(path):
         reader = csv.DictReader(handle)
         missing = {"path", "label", "split"} - set(reader.fieldnames or [])
         if missing:
-            raise JetquantError("manifest {} lacks the column(s) {}; its header must be "
-                                "path,label,split".format(path, ", ".join(sorted(missing))))
+            raise JetquantError(
+                "manifest {} lacks the column(s) {}; its header must be path,label,split".format(
+                    path, ", ".join(sorted(missing))
+                )
+            )
         samples = []
         for line, row in enumerate(reader, start=2):
             rel, label, split = row["path"].strip(), row["label"].strip(), row["split"].strip()
             if not rel or not label or split not in SPLITS:
-                raise JetquantError("manifest {} line {}: need a path, a label and a split in {}, "
-                                    "got {!r}".format(path, line, "/".join(SPLITS), row))
+                raise JetquantError(
+                    "manifest {} line {}: need a path, a label and a split in {}, got {!r}".format(
+                        path, line, "/".join(SPLITS), row
+                    )
+                )
             full = os.path.normpath(os.path.join(root, rel))
             if not os.path.isfile(full):
-                raise JetquantError("manifest {} line {}: file not found: {}".format(path, line, full))
+                raise JetquantError(
+                    "manifest {} line {}: file not found: {}".format(path, line, full)
+                )
             samples.append(Sample(full, rel, label, split))
     if not samples:
         raise JetquantError("manifest {} lists no images".format(path))
@@ -154,11 +186,16 @@ def _load_manifest(path):
 
 
 def _load_folder(root):
-    classes = sorted(d for d in os.listdir(root)
-                     if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    classes = sorted(
+        d
+        for d in os.listdir(root)
+        if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")
+    )
     if not classes:
-        raise JetquantError("{} has no class folders; put each class's images in a folder named "
-                            "after the class".format(root))
+        raise JetquantError(
+            "{} has no class folders; put each class's images in a folder named "
+            "after the class".format(root)
+        )
     by_class = {}
     for label in classes:
         folder = os.path.join(root, label)
@@ -168,12 +205,15 @@ def _load_folder(root):
             if name.startswith(".") or not os.path.isfile(full):
                 continue
             if not name.lower().endswith(IMAGE_EXTENSIONS):
-                raise JetquantError("{} is not an image file (extension not in {}); remove it from "
-                                    "the class folder".format(full, " ".join(IMAGE_EXTENSIONS)))
+                raise JetquantError(
+                    "{} is not an image file (extension not in {}); remove it from "
+                    "the class folder".format(full, " ".join(IMAGE_EXTENSIONS))
+                )
             files.append((full, os.path.join(label, name)))
         if not files:
-            raise JetquantError("class folder {} is empty; add images or remove the folder"
-                                .format(folder))
+            raise JetquantError(
+                "class folder {} is empty; add images or remove the folder".format(folder)
+            )
         by_class[label] = files
     samples = split_deterministic(by_class)
     return Dataset(os.path.basename(os.path.normpath(root)), root, samples)
@@ -183,8 +223,10 @@ def _load_elpv():
     try:
         import elpv_dataset
     except ImportError:
-        raise JetquantError("the default data set needs the elpv-dataset package: "
-                            "pip install elpv-dataset (or give DATA=/--data)")
+        raise JetquantError(
+            "the default data set needs the elpv-dataset package: "
+            "pip install elpv-dataset (or give DATA=/--data)"
+        ) from None
     root = os.path.join(os.path.dirname(elpv_dataset.__file__), "data")
     by_class = {"defective": [], "functional": []}
     with open(os.path.join(root, "labels.csv"), "r") as handle:
@@ -203,22 +245,27 @@ def split_deterministic(by_class, calib_size=CALIB_SIZE, eval_fraction=EVAL_FRAC
 
     Within a class, files are grouped by content hash and the groups ordered by
     that hash; the first third goes to eval, then the class's share of the
-    balanced calibration set, the rest to train. Identical files therefore
-    always land in the same split.
+    balanced calibration set (at most half of what is left), the rest to train.
+    Identical files therefore always land in the same split.
     """
     classes = sorted(by_class)
-    share = [calib_size // len(classes) + (1 if i < calib_size % len(classes) else 0)
-             for i in range(len(classes))]
+    share = [
+        calib_size // len(classes) + (1 if i < calib_size % len(classes) else 0)
+        for i in range(len(classes))
+    ]
     samples = []
     for label, calib_n in zip(classes, share):
         groups = {}
         for path, rel in by_class[label]:
             groups.setdefault(sha256_file(path), []).append((path, rel))
-        eval_n = int(round(len(by_class[label]) * eval_fraction))
-        if len(by_class[label]) < eval_n + calib_n + 1:
-            raise JetquantError("class {} has {} images; a deterministic split needs at least {} "
-                                "(eval {}, calib {}, train 1)".format(
-                                    label, len(by_class[label]), eval_n + calib_n + 1, eval_n, calib_n))
+        total = len(by_class[label])
+        eval_n = int(round(total * eval_fraction))
+        calib_n = min(calib_n, (total - eval_n) // 2)
+        if eval_n < 1 or calib_n < 1:
+            raise JetquantError(
+                "class {} has {} image(s); a split into train, calib and eval "
+                "needs at least 4".format(label, total)
+            )
         taken = 0
         for key in sorted(groups):
             split = "eval" if taken < eval_n else "calib" if taken < eval_n + calib_n else "train"
@@ -244,11 +291,16 @@ def _validate(dataset, check_images, allow_leakage):
         splits = set(s.split for s in group)
         names = ", ".join(s.rel for s in group)
         if len(labels) > 1:
-            raise JetquantError("the same image is labelled {}: {}; keep one copy with the right "
-                                "label".format(" and ".join(sorted(labels)), names))
+            raise JetquantError(
+                "the same image is labelled {}: {}; keep one copy with the right label".format(
+                    " and ".join(sorted(labels)), names
+                )
+            )
         if len(splits) > 1:
-            message = ("the same image is in splits {}: {} (leakage: eval figures would be "
-                       "optimistic); keep it in one split".format("/".join(sorted(splits)), names))
+            message = (
+                "the same image is in splits {}: {} (leakage: eval figures would be "
+                "optimistic); keep it in one split".format("/".join(sorted(splits)), names)
+            )
             if not allow_leakage:
                 raise JetquantError(message + ", or pass --allow-leakage")
             log.warning(message)
@@ -257,9 +309,12 @@ def _validate(dataset, check_images, allow_leakage):
 def check_classes(dataset, classes, what):
     """Refuse a data set whose class names differ from a model's."""
     if list(classes) != list(dataset.classes):
-        raise JetquantError("{} was trained for classes {} but data set {} has {}; use the model "
-                            "trained on this data or retrain".format(
-                                what, list(classes), dataset.name, dataset.classes))
+        raise JetquantError(
+            "{} was trained for classes {} but data set {} has {}; use the model "
+            "trained on this data or retrain".format(
+                what, list(classes), dataset.name, dataset.classes
+            )
+        )
 
 
 def paths(samples):

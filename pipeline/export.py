@@ -16,8 +16,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from .artifacts import atomic_write, describe, is_fresh, read_json, sha256_file, sidecar_path
-from .artifacts import write_sidecar
+from .artifacts import (
+    atomic_write,
+    describe,
+    is_fresh,
+    read_json,
+    sha256_file,
+    sidecar_path,
+    write_sidecar,
+)
 from .data import check_classes, paths
 from .errors import JetquantError
 from .log import Timer, get_logger
@@ -48,8 +55,12 @@ def export(checkpoint, out_path, dataset, opset=OPSET, batch_size=32):
         JetquantError: the checkpoint does not fit the data, or ONNX Runtime
             disagrees with PyTorch on any eval image's top-1.
     """
-    key = {"checkpoint_sha256": sha256_file(checkpoint), "opset": opset, "torch": torch.__version__,
-           "eval_sha256": _eval_digest(dataset)}
+    key = {
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "opset": opset,
+        "torch": torch.__version__,
+        "eval_sha256": _eval_digest(dataset),
+    }
     if is_fresh(out_path, key):
         record = read_json(sidecar_path(out_path), "export sidecar")
         log.info("reusing %s (checkpoint unchanged)", describe(out_path))
@@ -66,13 +77,21 @@ def export(checkpoint, out_path, dataset, opset=OPSET, batch_size=32):
     check = compare(ckpt.model, out_path, dataset, ckpt.preprocess, batch_size)
     _log_check(check, reused=False)
     if check["agreement"] < 1.0:
-        raise JetquantError("ONNX Runtime disagrees with PyTorch on {} of {} eval images "
-                            "(max |logit diff| {:.2e}); the export is wrong: report it with the "
-                            "checkpoint".format(check["disagreements"], check["images"],
-                                                check["max_abs_diff"]))
-    extra = {"classes": ckpt.classes, "preprocess": ckpt.meta["preprocess"], "arch": ckpt.arch,
-             "check": check, "checkpoint_eval_top1": ckpt.meta.get("eval_top1"),
-             "inputs": [INPUT], "outputs": [OUTPUT], "opset": opset}
+        raise JetquantError(
+            "ONNX Runtime disagrees with PyTorch on {} of {} eval images "
+            "(max |logit diff| {:.2e}); the export is wrong: report it with the "
+            "checkpoint".format(check["disagreements"], check["images"], check["max_abs_diff"])
+        )
+    extra = {
+        "classes": ckpt.classes,
+        "preprocess": ckpt.meta["preprocess"],
+        "arch": ckpt.arch,
+        "check": check,
+        "checkpoint_eval_top1": ckpt.meta.get("eval_top1"),
+        "inputs": [INPUT],
+        "outputs": [OUTPUT],
+        "opset": opset,
+    }
     return dict(write_sidecar(out_path, key, extra), **extra)
 
 
@@ -88,9 +107,17 @@ def _to_onnx(ckpt, opset):
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ckpt.model, (dummy,), buffer, dynamo=False, opset_version=opset,
-                          input_names=[INPUT], output_names=[OUTPUT], do_constant_folding=True,
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+        torch.onnx.export(
+            ckpt.model,
+            (dummy,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            do_constant_folding=True,
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        )
     model = onnx.load_from_string(buffer.getvalue())
     meta = {"arch": ckpt.arch, "classes": ckpt.classes, "preprocess": ckpt.meta["preprocess"]}
     entry = model.metadata_props.add()
@@ -108,22 +135,33 @@ def compare(model, onnx_path, dataset, spec, batch_size=32):
     model.eval()
     with Timer() as timer, torch.inference_mode():
         for start in range(0, len(samples), batch_size):
-            batch = load_batch(paths(samples[start:start + batch_size]), spec)
+            batch = load_batch(paths(samples[start : start + batch_size]), spec)
             ref = model(torch.from_numpy(batch)).numpy()
             got = session.run([OUTPUT], {INPUT: batch})[0]
             diffs.append(float(np.abs(ref - got).max()))
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
-            truth = labels[start:start + batch_size]
+            truth = labels[start : start + batch_size]
             right_ref += int((ref.argmax(1) == truth).sum())
             right_got += int((got.argmax(1) == truth).sum())
-    return {"images": len(samples), "max_abs_diff": max(diffs) if diffs else 0.0,
-            "agreement": agree / max(1, len(samples)), "disagreements": len(samples) - agree,
-            "top1_torch": right_ref / max(1, len(samples)), "top1_onnx": right_got / max(1, len(samples)),
-            "seconds": round(timer.elapsed, 1)}
+    return {
+        "images": len(samples),
+        "max_abs_diff": max(diffs) if diffs else 0.0,
+        "agreement": agree / max(1, len(samples)),
+        "disagreements": len(samples) - agree,
+        "top1_torch": right_ref / max(1, len(samples)),
+        "top1_onnx": right_got / max(1, len(samples)),
+        "seconds": round(timer.elapsed, 1),
+    }
 
 
 def _log_check(check, reused):
-    log.info("ONNX check%s: ONNX Runtime vs PyTorch on %d eval images: max |logit diff| %.2e, "
-             "top-1 agreement %.2f %%; eval top-1 FP32 PyTorch %.2f %%, ONNX Runtime %.2f %%",
-             " (recorded at export)" if reused else "", check["images"], check["max_abs_diff"],
-             100 * check["agreement"], 100 * check["top1_torch"], 100 * check["top1_onnx"])
+    log.info(
+        "ONNX check%s: ONNX Runtime vs PyTorch on %d eval images: max |logit diff| %.2e, "
+        "top-1 agreement %.2f %%; eval top-1 FP32 PyTorch %.2f %%, ONNX Runtime %.2f %%",
+        " (recorded at export)" if reused else "",
+        check["images"],
+        check["max_abs_diff"],
+        100 * check["agreement"],
+        100 * check["top1_torch"],
+        100 * check["top1_onnx"],
+    )

@@ -36,7 +36,7 @@ class Timer:
         return False
 
 
-class quiet(object):
+class Quiet(object):
     """Silence a third-party library's prints and root-logger warnings for a block.
 
     ONNX Runtime's quantization tools print progress to stdout and log advice

@@ -30,8 +30,11 @@ FORMAT = "jetquant-checkpoint-1"
 def build(arch, num_classes):
     """Return an untrained torchvision model (no pretrained weights are ever fetched)."""
     if arch not in ARCHITECTURES:
-        raise JetquantError("unknown architecture {!r}; choose one of {}".format(
-            arch, ", ".join(sorted(ARCHITECTURES))))
+        raise JetquantError(
+            "unknown architecture {!r}; choose one of {}".format(
+                arch, ", ".join(sorted(ARCHITECTURES))
+            )
+        )
     return ARCHITECTURES[arch](weights=None, num_classes=num_classes)
 
 
@@ -71,10 +74,15 @@ def read_meta(path):
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise JetquantError("{} is not a readable safetensors checkpoint ({})".format(path, exc))
+        raise JetquantError(
+            "{} is not a readable safetensors checkpoint ({})".format(path, exc)
+        ) from None
     if "jetquant" not in meta:
-        raise JetquantError("{} has no jetquant metadata; pass it with --init to fine-tune from "
-                            "it instead".format(path))
+        raise JetquantError(
+            "{} has no jetquant metadata; pass it with --init to fine-tune from it instead".format(
+                path
+            )
+        )
     return json.loads(meta["jetquant"])
 
 
@@ -87,15 +95,23 @@ def load_checkpoint(path, arch=None, classes=None):
         classes: if given, the class names the caller expects (order matters).
     """
     if not os.path.isfile(str(path)):
-        raise JetquantError("checkpoint not found: {}; train one with `make train` or pass "
-                            "--checkpoint".format(path))
+        raise JetquantError(
+            "checkpoint not found: {}; train one with `make train` or pass --checkpoint".format(
+                path
+            )
+        )
     meta = read_meta(path)
     if arch is not None and meta.get("arch") != arch:
-        raise JetquantError("checkpoint {} is a {} but {} was asked for; pass a {} checkpoint or "
-                            "--arch {}".format(path, meta.get("arch"), arch, arch, meta.get("arch")))
+        raise JetquantError(
+            "checkpoint {} is a {} but {} was asked for; pass a {} checkpoint or --arch {}".format(
+                path, meta.get("arch"), arch, arch, meta.get("arch")
+            )
+        )
     if classes is not None and list(meta.get("classes", [])) != list(classes):
-        raise JetquantError("checkpoint {} was trained for classes {}, the data has {}; retrain on "
-                            "this data".format(path, meta.get("classes"), list(classes)))
+        raise JetquantError(
+            "checkpoint {} was trained for classes {}, the data has {}; retrain on "
+            "this data".format(path, meta.get("classes"), list(classes))
+        )
     model = build(meta["arch"], len(meta["classes"]))
     _load_state(model, load_file(str(path)), path)
     model.eval()
@@ -116,9 +132,12 @@ def load_init_weights(model, path):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
-        raise JetquantError("cannot read weights from {} ({}); give a safetensors file or a "
-                            "PyTorch state dict saved with torch.save(model.state_dict())"
-                            .format(path, str(exc).splitlines()[0]))
+        raise JetquantError(
+            "cannot read weights from {} ({}); give a safetensors file or a "
+            "PyTorch state dict saved with torch.save(model.state_dict())".format(
+                path, str(exc).splitlines()[0]
+            )
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -139,8 +158,11 @@ def _load_state(model, state, path):
     wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
     if missing or unexpected or wrong:
         first = (missing + unexpected + wrong)[:3]
-        raise JetquantError("{} does not fit this architecture: {} missing, {} unexpected, {} of "
-                            "another shape tensors (e.g. {}); it is a checkpoint of another "
-                            "architecture or class count".format(
-                                path, len(missing), len(unexpected), len(wrong), ", ".join(first)))
+        raise JetquantError(
+            "{} does not fit this architecture: {} missing, {} unexpected, {} of "
+            "another shape tensors (e.g. {}); it is a checkpoint of another "
+            "architecture or class count".format(
+                path, len(missing), len(unexpected), len(wrong), ", ".join(first)
+            )
+        )
     model.load_state_dict(state)

@@ -42,18 +42,31 @@ class Preprocess(NamedTuple):
 
     def to_dict(self):
         """Return a JSON-friendly dict (also the form stored in checkpoints)."""
-        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
-                "mean": list(self.mean), "std": list(self.std), "channels": "RGB", "layout": "NCHW"}
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "channels": "RGB",
+            "layout": "NCHW",
+        }
 
     @classmethod
     def from_dict(cls, data):
         """Rebuild from :meth:`to_dict` output; unknown or missing keys are refused."""
         try:
-            spec = cls(int(data["resize"]), int(data["crop"]), str(data["interpolation"]),
-                       tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
+            spec = cls(
+                int(data["resize"]),
+                int(data["crop"]),
+                str(data["interpolation"]),
+                tuple(float(v) for v in data["mean"]),
+                tuple(float(v) for v in data["std"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise JetquantError("preprocessing record {} is incomplete ({}); re-export the model"
-                                .format(data, exc))
+            raise JetquantError(
+                "preprocessing record {} is incomplete ({}); re-export the model".format(data, exc)
+            ) from None
         if spec.interpolation not in _RESAMPLE or spec.crop > spec.resize:
             raise JetquantError("preprocessing record {} is invalid".format(data))
         return spec
@@ -80,12 +93,15 @@ def open_rgb(path):
             img.load()
             return _to_rgb(img, path)
     except FileNotFoundError:
-        raise JetquantError("image not found: {}".format(path))
+        raise JetquantError("image not found: {}".format(path)) from None
     except UnidentifiedImageError:
-        raise JetquantError("{} is not an image file PIL can read; remove it from the data set"
-                            .format(path))
+        raise JetquantError(
+            "{} is not an image file PIL can read; remove it from the data set".format(path)
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise JetquantError("{} is corrupt or truncated ({}); remove or replace it".format(path, exc))
+        raise JetquantError(
+            "{} is corrupt or truncated ({}); remove or replace it".format(path, exc)
+        ) from None
 
 
 def _to_rgb(img, path):
@@ -95,8 +111,10 @@ def _to_rgb(img, path):
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         if arr.min() < 0 or arr.max() > 65535:
-            raise JetquantError("{}: 32-bit integer image with values outside 0..65535 is not "
-                                "supported; convert it to 8 or 16 bits".format(path))
+            raise JetquantError(
+                "{}: 32-bit integer image with values outside 0..65535 is not "
+                "supported; convert it to 8 or 16 bits".format(path)
+            )
         gray = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "P":
@@ -108,8 +126,9 @@ def _to_rgb(img, path):
         return Image.alpha_composite(black, rgba).convert("RGB")
     if mode in ("L", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGB"):
         return img.convert("RGB")
-    raise JetquantError("{}: image mode {} is not supported; save it as 8-bit RGB or grayscale"
-                        .format(path, mode))
+    raise JetquantError(
+        "{}: image mode {} is not supported; save it as 8-bit RGB or grayscale".format(path, mode)
+    )
 
 
 def to_array(img, spec):

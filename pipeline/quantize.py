@@ -3,9 +3,10 @@
 All three come from the same per-tensor ranges (:mod:`pipeline.calibrate`):
 
 * Q/DQ ONNX for TensorRT's explicit route: symmetric signed INT8, zero point
-  0, per-channel weights on axis 0, per-tensor activations (the form TensorRT
-  accepts). Pinned layers get no Q/DQ; they compute in FP16 (FP16 weights
-  between Cast nodes), so a strongly typed build runs them in FP16.
+  0, per-channel weights on axis 0, per-tensor activations, float biases (the
+  form TensorRT accepts; its DequantizeLinear reads INT8 only). Pinned layers
+  get no Q/DQ; they compute in FP16 (FP16 weights between Cast nodes), so a
+  strongly typed build runs them in FP16.
 * CPU INT8 ONNX for ONNX Runtime: unsigned 8-bit activations with signed
   8-bit per-channel weights, which ONNX Runtime's CPU kernels fuse into
   integer convolutions (the symmetric s8/s8 graph runs slower than FP32
@@ -26,17 +27,25 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-from onnxruntime.quantization.calibrate import save_tensors_data
+from onnxruntime.quantization.calibrate import (
+    CalibrationMethod,
+    TensorData,
+    TensorsData,
+    save_tensors_data,
+)
 
 from .artifacts import atomic_write
 from .errors import JetquantError
-from .log import get_logger, quiet
+from .log import Quiet, get_logger
+from .trt_adapter import calibration_cache_header
 
 log = get_logger("quantize")
 
-METHOD = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-          "percentile": CalibrationMethod.Percentile}
+METHOD = {
+    "entropy": CalibrationMethod.Entropy,
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+}
 
 
 def _tensors_data(ranges, algorithm, symmetric):
@@ -46,8 +55,9 @@ def _tensors_data(ranges, algorithm, symmetric):
             lo, hi = -r["amax"], r["amax"]
         else:
             lo, hi = max(r["min"], -r["amax"]), min(r["max"], r["amax"])
-        data[name] = TensorData(lowest=np.array(lo, dtype=np.float32),
-                                highest=np.array(hi, dtype=np.float32))
+        data[name] = TensorData(
+            lowest=np.array(lo, dtype=np.float32), highest=np.array(hi, dtype=np.float32)
+        )
     return TensorsData(METHOD[algorithm], data)
 
 
@@ -63,18 +73,30 @@ def quantize(fp32_path, out_path, ranges, algorithm, pinned, target):
         target: ``"tensorrt"`` (symmetric s8/s8 Q/DQ, FP16 pins) or ``"cpu"`` (u8/s8).
     """
     symmetric = target == "tensorrt"
-    options = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    # TensorRT's DequantizeLinear takes INT8 only: biases stay float on the TensorRT route.
+    options = {
+        "ActivationSymmetric": symmetric,
+        "WeightSymmetric": True,
+        "QuantizeBias": not symmetric,
+    }
     with tempfile.TemporaryDirectory(prefix="jetquant-quant-") as tmp:
         cache = os.path.join(tmp, "ranges.json")
         save_tensors_data(_tensors_data(ranges, algorithm, symmetric), cache)
         model_out = os.path.join(tmp, "model.onnx")
-        with quiet():
-            quantize_static(str(fp32_path), model_out, calibration_data_reader=None,
-                            calibration_cache_path=cache, calibrate_method=METHOD[algorithm],
-                            quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=list(pinned),
-                            extra_options=options)
+        with Quiet():
+            quantize_static(
+                str(fp32_path),
+                model_out,
+                calibration_data_reader=None,
+                calibration_cache_path=cache,
+                calibrate_method=METHOD[algorithm],
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(pinned),
+                extra_options=options,
+            )
         model = onnx.load(model_out)
     _check_pins_unquantized(model, pinned)
     if target == "tensorrt":
@@ -116,16 +138,30 @@ def pin_fp16(model, pinned):
                 node.input[slot] = half
             else:
                 cast = name + "_to_fp16_" + _slug(node.name)
-                graph.node.append(helper.make_node("Cast", [name], [cast], to=TensorProto.FLOAT16,
-                                                   name=node.name + "/cast_in_" + str(slot)))
+                graph.node.append(
+                    helper.make_node(
+                        "Cast",
+                        [name],
+                        [cast],
+                        to=TensorProto.FLOAT16,
+                        name=node.name + "/cast_in_" + str(slot),
+                    )
+                )
                 node.input[slot] = cast
         outputs = list(node.output)
         for slot, name in enumerate(outputs):
             node.output[slot] = name + "_fp16"
         graph.node.append(node)
         for slot, name in enumerate(outputs):
-            graph.node.append(helper.make_node("Cast", [name + "_fp16"], [name], to=TensorProto.FLOAT,
-                                               name=node.name + "/cast_out_" + str(slot)))
+            graph.node.append(
+                helper.make_node(
+                    "Cast",
+                    [name + "_fp16"],
+                    [name],
+                    to=TensorProto.FLOAT,
+                    name=node.name + "/cast_out_" + str(slot),
+                )
+            )
     used = {i for n in graph.node for i in n.input}
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
@@ -136,19 +172,15 @@ def _slug(name):
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def trt_version_code(version):
-    """TensorRT's calibration-cache version code: 8.2.1 -> 8201, 10.3.0 -> 100300."""
-    parts = [int(p) for p in str(version).split(".")[:3]] + [0, 0]
-    major, minor, patch = parts[:3]
-    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
-
-
 def trt_cache_text(ranges, trt_version, algorithm="entropy"):
     """Render ranges as a TensorRT calibration cache for ``trt_version``."""
     if algorithm != "entropy":
-        log.warning("TensorRT's cache header names EntropyCalibration2, but these ranges came from "
-                    "%s calibration", algorithm)
-    lines = ["TRT-{}-EntropyCalibration2".format(trt_version_code(trt_version))]
+        log.warning(
+            "TensorRT's cache header names EntropyCalibration2, but these ranges came from "
+            "%s calibration",
+            algorithm,
+        )
+    lines = [calibration_cache_header(trt_version)]
     for name in sorted(ranges):
         scale = max(ranges[name]["amax"], 1e-12) / 127.0
         lines.append("{}: {}".format(name, struct.pack(">f", scale).hex()))

@@ -28,8 +28,16 @@ log = get_logger("train")
 class Recipe(object):
     """Training hyper-parameters (defaults reach >= 95 % eval top-1 on NEU from scratch)."""
 
-    def __init__(self, epochs=12, batch_size=32, lr=2e-3, weight_decay=0.05, seed=0,
-                 label_smoothing=0.1, bf16="auto"):
+    def __init__(
+        self,
+        epochs=12,
+        batch_size=32,
+        lr=2e-3,
+        weight_decay=0.05,
+        seed=0,
+        label_smoothing=0.1,
+        bf16="auto",
+    ):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -77,8 +85,8 @@ def evaluate(model, images, labels, batch_size=64, bf16=False):
     correct = 0
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, images.shape[0], batch_size):
-            logits = model(images[start:start + batch_size])
-            correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+            logits = model(images[start : start + batch_size])
+            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
     return correct / max(1, images.shape[0])
 
 
@@ -102,26 +110,47 @@ def train(dataset, out_path, arch="resnet50", recipe=None, init=None, spec=None)
     np.random.seed(recipe.seed)
     torch.set_num_threads(os.cpu_count() or 1)
     bf16 = cpu_has_bf16() if recipe.bf16 == "auto" else bool(recipe.bf16)
-    log.info("training %s on %s: %d epochs, batch %d, lr %g, bf16 autocast %s, init %s", arch,
-             dataset.name, recipe.epochs, recipe.batch_size, recipe.lr, "on" if bf16 else "off",
-             init or "none (from scratch)")
+    log.info(
+        "training %s on %s: %d epochs, batch %d, lr %g, bf16 autocast %s, init %s",
+        arch,
+        dataset.name,
+        recipe.epochs,
+        recipe.batch_size,
+        recipe.lr,
+        "on" if bf16 else "off",
+        init or "none (from scratch)",
+    )
 
     with Timer() as prep:
         train_x, train_y = load_split(dataset, "train", spec)
         eval_x, eval_y = load_split(dataset, "eval", spec)
-    log.info("preprocessed %d train + %d eval images in %.1f s", len(train_y), len(eval_y),
-             prep.elapsed)
+    log.info(
+        "preprocessed %d train + %d eval images in %.1f s", len(train_y), len(eval_y), prep.elapsed
+    )
 
     model = build(arch, len(dataset.classes))
     if init:
         load_init_weights(model, init)
     eval_top1, seconds = _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y)
 
-    meta = {"arch": arch, "classes": dataset.classes, "preprocess": spec.to_dict(),
-            "data": {"name": dataset.name, "sha256": dataset.digest(), "train_images": len(train_y),
-                     "eval_images": len(eval_y)},
-            "eval_top1": eval_top1, "recipe": recipe.to_dict(), "bf16": bf16, "init": init,
-            "train_seconds": round(seconds, 1), "torch": torch.__version__, "jetquant": __version__}
+    meta = {
+        "arch": arch,
+        "classes": dataset.classes,
+        "preprocess": spec.to_dict(),
+        "data": {
+            "name": dataset.name,
+            "sha256": dataset.digest(),
+            "train_images": len(train_y),
+            "eval_images": len(eval_y),
+        },
+        "eval_top1": eval_top1,
+        "recipe": recipe.to_dict(),
+        "bf16": bf16,
+        "init": init,
+        "train_seconds": round(seconds, 1),
+        "torch": torch.__version__,
+        "jetquant": __version__,
+    }
     save_checkpoint(out_path, model, meta)
     log.info("saved %s (eval top-1 %.2f %%, %.1f min)", out_path, 100 * eval_top1, seconds / 60)
     return meta
@@ -130,9 +159,12 @@ def train(dataset, out_path, arch="resnet50", recipe=None, init=None, spec=None)
 def _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y):
     generator = torch.Generator().manual_seed(recipe.seed)
     steps = math.ceil(len(train_y) / recipe.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr,
-                                                   total_steps=recipe.epochs * steps)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     start = time.perf_counter()
     eval_top1 = 0.0
@@ -140,8 +172,7 @@ def _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y):
         order = torch.randperm(len(train_y), generator=generator)
         model.train()
         total, seen = 0.0, 0
-        for step, batch in enumerate(_progress(order.split(recipe.batch_size), steps, epoch,
-                                               recipe.epochs), start=1):
+        for batch in _progress(order.split(recipe.batch_size), steps, epoch, recipe.epochs):
             images = random_flips(train_x[batch], generator)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(model(images), train_y[batch])
@@ -152,8 +183,14 @@ def _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y):
             total += loss.item() * len(batch)
             seen += len(batch)
         eval_top1 = evaluate(model, eval_x, eval_y, bf16=bf16)
-        log.info("epoch %d/%d: train loss %.4f, eval top-1 %.2f %%, %.0f s elapsed", epoch,
-                 recipe.epochs, total / seen, 100 * eval_top1, time.perf_counter() - start)
+        log.info(
+            "epoch %d/%d: train loss %.4f, eval top-1 %.2f %%, %.0f s elapsed",
+            epoch,
+            recipe.epochs,
+            total / seen,
+            100 * eval_top1,
+            time.perf_counter() - start,
+        )
     model.eval()
     return eval_top1, time.perf_counter() - start
 

@@ -90,14 +90,18 @@ VERSIONED = {
 ENTROPY2 = "EntropyCalibration2"
 
 
-def declared_in(key, version):
-    """True when :data:`VERSIONED` says TensorRT ``version`` has ``key``.
+def declared_in(key, version, table=None):
+    """True when the version table says TensorRT ``version`` has ``key``.
 
-    Names not in the table are claimed by every supported version.
+    A member of a versioned class (``IInt8EntropyCalibrator2.get_batch``) shares
+    the class's range; names in neither are claimed by every supported version.
     """
-    if key not in VERSIONED:
+    table = VERSIONED if table is None else table
+    owner = key.split(".", 1)[0]
+    entry = table.get(key) or table.get(owner)
+    if entry is None:
         return True
-    since, until = VERSIONED[key]
+    since, until = entry
     version = Version(str(version))
     if since is not None and version < Version(since):
         return False
@@ -189,7 +193,8 @@ class Capabilities(object):
         strongly_typed: networks can be created strongly typed.
         io_api: ``tensor`` (names, ``execute_async_v3``) or ``binding`` (indices, v2).
         workspace_api: ``pool`` (memory pool limit) or ``attribute`` (max_workspace_size).
-        constraint_flag: BuilderFlag name that makes precision pins binding, or None.
+        constraint_flag: BuilderFlag that makes precision pins binding (OBEY_PRECISION_CONSTRAINTS;
+            STRICT_TYPES on a TensorRT 8 without it), or None (strongly typed only).
     """
 
     def __init__(self, trt):
@@ -203,10 +208,10 @@ class Capabilities(object):
         pool = has(trt, "IBuilderConfig.set_memory_pool_limit")
         self.workspace_api = "pool" if pool else "attribute"
         self.constraint_flag = None
-        for name in ("OBEY_PRECISION_CONSTRAINTS", "STRICT_TYPES"):
-            if has(trt, "BuilderFlag." + name):
-                self.constraint_flag = name
-                break
+        if has(trt, "BuilderFlag.OBEY_PRECISION_CONSTRAINTS"):
+            self.constraint_flag = "OBEY_PRECISION_CONSTRAINTS"
+        elif has(trt, "BuilderFlag.STRICT_TYPES"):
+            self.constraint_flag = "STRICT_TYPES"
 
     def describe(self):
         """One log line: version and the features the build will use."""
@@ -267,18 +272,24 @@ def set_detailed_profiling(trt, config):
 
 def set_precision_flags(trt, config, fp16=False, int8=False):
     """Allow FP16 and/or INT8 kernels (weak typing; refused on strongly typed-only TensorRT)."""
-    for wanted, name in ((fp16, "FP16"), (int8, "INT8")):
-        if wanted:
-            config.set_flag(member(trt, "BuilderFlag." + name))
+    if fp16:
+        flag = member(trt, "BuilderFlag.FP16")
+        config.set_flag(flag)
+    if int8:
+        flag = member(trt, "BuilderFlag.INT8")
+        config.set_flag(flag)
 
 
 def obey_precision_pins(trt, config):
     """Make per-layer precisions binding: the build fails rather than ignore a pin."""
-    caps = Capabilities(trt)
-    if caps.constraint_flag is None:
+    if has(trt, "BuilderFlag.OBEY_PRECISION_CONSTRAINTS"):
+        flag = member(trt, "BuilderFlag.OBEY_PRECISION_CONSTRAINTS")
+    elif has(trt, "BuilderFlag.STRICT_TYPES"):
+        flag = member(trt, "BuilderFlag.STRICT_TYPES")
+    else:
         raise JetquantError("TensorRT {} has no precision-constraint flag; pins need weak "
-                            "typing (TensorRT 8.2 to 10.x)".format(caps.version))
-    config.set_flag(member(trt, "BuilderFlag." + caps.constraint_flag))
+                            "typing (TensorRT 8.2 to 10.x)".format(version_of(trt)))
+    config.set_flag(flag)
 
 
 def pin_layer_fp16(trt, layer):
@@ -294,7 +305,8 @@ def pin_layer_fp16(trt, layer):
 def add_batch_profile(trt, builder, input_name, shape, batches):
     """Optimization profile for the batch axis: ``batches`` = (min, opt, max)."""
     profile = builder.create_optimization_profile()
-    dims = [tuple([int(b)] + list(shape[1:])) for b in batches]
+    rest = [int(d) for d in list(shape)[1:]]  # Dims on 8.2 index but do not slice
+    dims = [tuple([int(b)] + rest) for b in batches]
     profile.set_shape(input_name, dims[0], dims[1], dims[2])
     return profile
 
@@ -430,27 +442,27 @@ def engine_io(trt, engine):
     return out
 
 
-def set_input_shape(trt, context, tensor, shape):
-    """Fix a dynamic input's shape for the next execution."""
+def set_input_shape(trt, context, io, shape):
+    """Fix a dynamic input's shape (``io``: an :class:`IoTensor`) for the next execution."""
     if has(trt, "IExecutionContext.set_input_shape"):
-        ok = context.set_input_shape(tensor.name, tuple(shape))
+        ok = context.set_input_shape(io.name, tuple(shape))
     else:
-        ok = context.set_binding_shape(tensor.index, tuple(shape))
+        ok = context.set_binding_shape(io.index, tuple(shape))
     if ok is False:
         raise JetquantError("input {} cannot take shape {}: outside the engine's optimization "
-                            "profile; rebuild with a larger max batch".format(tensor.name, shape))
+                            "profile; rebuild with a larger max batch".format(io.name, shape))
 
 
-def execute(trt, context, tensors, pointers, stream_handle):
-    """Enqueue one inference. ``pointers`` maps tensor name -> device address (int)."""
+def execute(trt, context, ios, pointers, stream_handle):
+    """Enqueue one inference. ``pointers`` maps IO tensor name -> device address (int)."""
     if has(trt, "IExecutionContext.execute_async_v3"):
-        for tensor in tensors:
-            context.set_tensor_address(tensor.name, int(pointers[tensor.name]))
+        for io in ios:
+            context.set_tensor_address(io.name, int(pointers[io.name]))
         ok = context.execute_async_v3(stream_handle)
     else:
-        bindings = [0] * len(tensors)
-        for tensor in tensors:
-            bindings[tensor.index] = int(pointers[tensor.name])
+        bindings = [0] * len(ios)
+        for io in ios:
+            bindings[io.index] = int(pointers[io.name])
         ok = context.execute_async_v2(bindings, stream_handle)
     if not ok:
         raise JetquantError("TensorRT {} failed to enqueue the inference; rerun with -v to see "

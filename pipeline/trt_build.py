@@ -64,6 +64,7 @@ class BuildRequest(NamedTuple):
         recalibrate: ignore an existing calibration cache.
         verbose: TensorRT's log at VERBOSE.
         device: device name for the engine file name (detected when None).
+        classes: class names, recorded in the engine's sidecar.
     """
 
     stem: str
@@ -83,6 +84,7 @@ class BuildRequest(NamedTuple):
     recalibrate: bool = False
     verbose: bool = False
     device: str = None
+    classes: Tuple[str, ...] = ()
 
 
 def device_slug(name):
@@ -224,12 +226,12 @@ def tensor_precision(fmt):
     return "unknown ({})".format(fmt)
 
 
-def _tensor_format(tensor):
-    if not isinstance(tensor, dict):
-        return str(tensor)
-    if "Format/Datatype" in tensor:
-        return tensor["Format/Datatype"]
-    return "{} {}".format(tensor.get("DataType", ""), tensor.get("Format", "")).strip()
+def _tensor_format(record):
+    if not isinstance(record, dict):
+        return str(record)
+    if "Format/Datatype" in record:
+        return record["Format/Datatype"]
+    return "{} {}".format(record.get("DataType", ""), record.get("Format", "")).strip()
 
 
 def inspector_layers(data):
@@ -245,17 +247,17 @@ def matching_layers(name, layers):
     """Compute layers whose (possibly fused) name contains ``name`` as a whole token."""
     pattern = re.compile(r"(^|[^{0}]){1}($|[^{0}])".format(_NAME_CHARS, re.escape(name)))
     found = []
-    for layer in layers:
-        lname = str(layer.get("Name", ""))
-        if layer.get("LayerType") == "Reformat" or lname.startswith("Reformatting"):
+    for record in layers:
+        lname = str(record.get("Name", ""))
+        if record.get("LayerType") == "Reformat" or lname.startswith("Reformatting"):
             continue
         if pattern.search(lname):
-            found.append(layer)
+            found.append(record)
     return found
 
 
-def _precisions(layer, key):
-    return [tensor_precision(_tensor_format(t)) for t in layer.get(key, [])]
+def _precisions(record, key):
+    return [tensor_precision(_tensor_format(t)) for t in record.get(key, [])]
 
 
 def verify_precisions(data, pinned, quantized):
@@ -270,12 +272,12 @@ def verify_precisions(data, pinned, quantized):
         found = matching_layers(name, layers)
         if not found:
             problems.append("{} (want {}): not found in the engine's layers".format(name, want))
-        for layer in found:
-            ins, outs = _precisions(layer, "Inputs"), _precisions(layer, "Outputs")
+        for record in found:
+            ins, outs = _precisions(record, "Inputs"), _precisions(record, "Outputs")
             ok = set(ins + outs) == {"FP16"} if want == "FP16" else ins[:1] == ["INT8"]
             if not ok:
                 problems.append("{} (want {}) ran in engine layer {!r}: inputs {}, outputs {}"
-                                .format(name, want, layer.get("Name"), ins, outs))
+                                .format(name, want, record.get("Name"), ins, outs))
     return problems
 
 
@@ -331,7 +333,8 @@ def build_engine(request, trt=None):
     device = request.device or detect_device()
     fast_int8 = adapter.platform_has_fast_int8(trt, builder)
     precision = resolve_precision(request.precision, fast_int8, device)
-    route = resolve_route(caps, precision, request.route)
+    downgraded = request.precision == "auto" and precision != "int8"
+    route = resolve_route(caps, precision, None if downgraded else request.route)
     onnx_path = source_onnx(request, route)
     strongly = not caps.weak_typing or (route == "explicit" and caps.strongly_typed)
     network = adapter.create_network(trt, builder, strongly_typed=strongly)
@@ -358,7 +361,8 @@ def build_engine(request, trt=None):
 
     atomic_write(path, plan)
     write_sidecar(path, key, {"pinned_layers": pinned, "quantized_layers": quantized,
-                              "precision": precision, "route": route, "source": onnx_path})
+                              "precision": precision, "route": route, "source": onnx_path,
+                              "classes": list(request.classes)})
     log.info("engine built in %.1f s, saved as %s", timer.elapsed, describe(path))
     return path
 
@@ -499,7 +503,8 @@ def build_engines(artifacts, record, calib, pinned, dataset, opts, trt=None):
         preprocess=Preprocess.from_dict(record["preprocess"]),
         calib_set_sha256=calib["key"]["calib_set_sha256"],
         calib_batch=int(calib["key"]["batch_size"]), calib_algo=calib["key"]["algorithm"],
-        recalibrate=bool(opts.recalibrate), verbose=bool(getattr(opts, "verbose", False)))
+        recalibrate=bool(opts.recalibrate), verbose=bool(getattr(opts, "verbose", False)),
+        classes=tuple(record.get("classes", ())))
     route = None if opts.route in (None, "auto") else opts.route
     wanted = ["fp32"] + (["fp16"] if caps.weak_typing else []) + [opts.precision]
     out = {}

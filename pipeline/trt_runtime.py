@@ -145,18 +145,21 @@ class DeviceBuffer(object):
         self.cuda = cuda
         self.nbytes = int(nbytes)
         self.ptr = cuda.malloc(self.nbytes)
+        self._stream = None
 
     def upload(self, array, stream=None):
-        """Copy a host array in (synchronously when no stream is given)."""
+        """Copy a host array in (waits for the copy when no stream is given)."""
         array = np.ascontiguousarray(array)
         if array.nbytes > self.nbytes:
             raise JetquantError("batch of {} bytes does not fit a {}-byte device buffer"
                                 .format(array.nbytes, self.nbytes))
-        own = stream is None
-        stream = self.cuda.stream() if own else stream
-        self.cuda.to_device(self.ptr, array, stream)
-        if own:
-            self.cuda.sync(stream)
+        if stream is None:
+            if self._stream is None:
+                self._stream = self.cuda.stream()
+            self.cuda.to_device(self.ptr, array, self._stream)
+            self.cuda.sync(self._stream)
+        else:
+            self.cuda.to_device(self.ptr, array, stream)
 
     def free(self):
         """Release the allocation (idempotent)."""
@@ -229,16 +232,16 @@ class EngineRunner(object):
         self.buffers = {t.name: DeviceBuffer(self.cuda, self._nbytes(t, self.max_batch))
                         for t in self.tensors}
 
-    def _nbytes(self, tensor, batch):
-        return int(np.prod(self._shape(tensor, batch))) * np.dtype(tensor.dtype).itemsize
+    def _nbytes(self, io, batch):
+        return int(np.prod(self._shape(io, batch))) * np.dtype(io.dtype).itemsize
 
-    def _shape(self, tensor, batch):
-        shape = list(tensor.shape)
+    def _shape(self, io, batch):
+        shape = list(io.shape)
         if shape and shape[0] == -1:
             shape[0] = batch
         if any(d < 0 for d in shape[1:]):
             raise JetquantError("engine {} tensor {} has dynamic non-batch axes {}; export "
-                                "with a fixed image size".format(self.path, tensor.name, shape))
+                                "with a fixed image size".format(self.path, io.name, shape))
         return tuple(shape)
 
     def run(self, batch):

@@ -101,12 +101,12 @@ def engine(opts, until="engine"):
                       opts.recalibrate)
     if until == "calibrate":
         return {"artifacts": {"fp32": fp32, "calibration": cache}, "stem": name}
+    trt = tensorrt_available()
     artifacts = build_int8_artifacts(fp32, calib, pinned, opts.engines_dir, name, record,
-                                     opts.trt_target)
+                                     trt or opts.trt_target)
     artifacts["fp32"] = fp32
     accuracy = _accuracies(artifacts, dataset, spec, record, opts.engines_dir, name)
     _log_sizes(artifacts)
-    trt = tensorrt_available()
     if trt is None:
         log.info("TensorRT not installed here: built the ONNX Runtime CPU INT8 model and the "
                  "TensorRT-bound artifacts; run `make engine` on the Jetson for the engines")

@@ -38,3 +38,44 @@ def class_folders(tmp_path):
         for i in range(12):
             write_image(str(root / label / "{}_{}.png".format(label, i)), seed=100 * c + i)
     return root
+
+
+def neu_subset(root, out_csv, per_split):
+    """Write a manifest with the first images of each class and split of NEU."""
+    import csv
+
+    rows = list(csv.DictReader(open(os.path.join(root, "splits_suggested.csv"))))
+    seen, keep = {}, []
+    for row in rows:
+        key = (row["label"], row["split"])
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= per_split[row["split"]]:
+            keep.append(dict(row, path=os.path.join(root, row["path"])))
+    with open(out_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(keep)
+    return out_csv
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, neu_root):
+    """A ResNet18 at 64x64 trained for one epoch on a NEU subset, and its ONNX export.
+
+    Accuracy is not the point: the tests check wiring, formats and agreement.
+    """
+    from pipeline.data import load_dataset
+    from pipeline.export import export
+    from pipeline.preprocess import Preprocess
+    from pipeline.train import Recipe, train
+
+    work = tmp_path_factory.mktemp("tiny")
+    manifest = neu_subset(neu_root, str(work / "manifest.csv"), {"train": 4, "calib": 4, "eval": 3})
+    dataset = load_dataset(manifest)
+    spec = Preprocess(64, 64)
+    ckpt = str(work / "tiny.safetensors")
+    train(dataset, ckpt, arch="resnet18", recipe=Recipe(epochs=1, batch_size=8), spec=spec)
+    onnx_path = str(work / "tiny.fp32.onnx")
+    record = export(ckpt, onnx_path, dataset)
+    return {"work": work, "manifest": manifest, "dataset": dataset, "spec": spec,
+            "checkpoint": ckpt, "onnx": onnx_path, "export": record}

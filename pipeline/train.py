@@ -37,6 +37,7 @@ class Recipe(object):
         seed=0,
         label_smoothing=0.1,
         bf16="auto",
+        device="auto",
     ):
         self.epochs = epochs
         self.batch_size = batch_size
@@ -45,6 +46,7 @@ class Recipe(object):
         self.seed = seed
         self.label_smoothing = label_smoothing
         self.bf16 = bf16
+        self.device = device
 
     def to_dict(self):
         return dict(vars(self))
@@ -79,18 +81,45 @@ def random_flips(images, generator):
     return images
 
 
-def evaluate(model, images, labels, batch_size=64, bf16=False):
+def pick_device(name="auto"):
+    """``cuda`` when asked for, or when available under ``auto``; else ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def evaluate(model, images, labels, batch_size=64, bf16=False, device="cpu"):
     """Return top-1 accuracy of ``model`` on preprocessed images."""
     model.eval()
     correct = 0
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, images.shape[0], batch_size):
-            logits = model(images[start : start + batch_size])
-            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+            logits = model(images[start : start + batch_size].to(device))
+            truth = labels[start : start + batch_size].to(device)
+            correct += int((logits.argmax(1) == truth).sum())
     return correct / max(1, images.shape[0])
 
 
-def train(dataset, out_path, arch="resnet50", recipe=None, init=None, spec=None):
+def label_objective(recipe):
+    """Cross-entropy on the labels (with the recipe's label smoothing)."""
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+    def objective(logits, batch, labels):
+        return loss_fn(logits, labels)
+
+    return objective
+
+
+def train(
+    dataset,
+    out_path,
+    arch="resnet50",
+    recipe=None,
+    init=None,
+    spec=None,
+    objective=None,
+    extra_meta=None,
+):
     """Train the FP32 baseline on the train split and write its checkpoint.
 
     Args:
@@ -100,6 +129,9 @@ def train(dataset, out_path, arch="resnet50", recipe=None, init=None, spec=None)
         recipe: a :class:`Recipe`; defaults if None.
         init: optional weights to fine-tune from (safetensors or PyTorch state dict).
         spec: the :class:`Preprocess` to train with (stored in the checkpoint).
+        objective: ``f(logits, batch_indices, labels) -> loss``; cross-entropy if None
+            (:mod:`pipeline.distill` passes the distillation loss).
+        extra_meta: more metadata to store in the checkpoint.
 
     Returns:
         The metadata record written with the checkpoint.
@@ -109,11 +141,14 @@ def train(dataset, out_path, arch="resnet50", recipe=None, init=None, spec=None)
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    bf16 = cpu_has_bf16() if recipe.bf16 == "auto" else bool(recipe.bf16)
+    device = pick_device(recipe.device)
+    native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+    bf16 = native_bf16 if recipe.bf16 == "auto" else bool(recipe.bf16)
     log.info(
-        "training %s on %s: %d epochs, batch %d, lr %g, bf16 autocast %s, init %s",
+        "training %s on %s (%s): %d epochs, batch %d, lr %g, bf16 autocast %s, init %s",
         arch,
         dataset.name,
+        device,
         recipe.epochs,
         recipe.batch_size,
         recipe.lr,
@@ -131,7 +166,14 @@ def train(dataset, out_path, arch="resnet50", recipe=None, init=None, spec=None)
     model = build(arch, len(dataset.classes))
     if init:
         load_init_weights(model, init)
-    eval_top1, seconds = _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y)
+    model.to(device)
+    objective = objective or label_objective(recipe)
+    eval_top1, seconds = _fit(
+        model, recipe, bf16, device, objective, train_x, train_y, eval_x, eval_y
+    )
+    model.to("cpu")
+    eval_top1 = evaluate(model, eval_x, eval_y)
+    log.info("final eval top-1 in FP32: %.2f %%", 100 * eval_top1)
 
     meta = {
         "arch": arch,
@@ -151,12 +193,13 @@ def train(dataset, out_path, arch="resnet50", recipe=None, init=None, spec=None)
         "torch": torch.__version__,
         "jetquant": __version__,
     }
+    meta.update(extra_meta or {})
     save_checkpoint(out_path, model, meta)
     log.info("saved %s (eval top-1 %.2f %%, %.1f min)", out_path, 100 * eval_top1, seconds / 60)
     return meta
 
 
-def _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y):
+def _fit(model, recipe, bf16, device, objective, train_x, train_y, eval_x, eval_y):
     generator = torch.Generator().manual_seed(recipe.seed)
     steps = math.ceil(len(train_y) / recipe.batch_size)
     optimizer = torch.optim.AdamW(
@@ -165,7 +208,6 @@ def _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y):
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe.lr, total_steps=recipe.epochs * steps
     )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     start = time.perf_counter()
     eval_top1 = 0.0
     for epoch in range(1, recipe.epochs + 1):
@@ -173,16 +215,16 @@ def _fit(model, recipe, bf16, train_x, train_y, eval_x, eval_y):
         model.train()
         total, seen = 0.0, 0
         for batch in _progress(order.split(recipe.batch_size), steps, epoch, recipe.epochs):
-            images = random_flips(train_x[batch], generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(model(images), train_y[batch])
+            images = random_flips(train_x[batch], generator).to(device)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = objective(model(images), batch, train_y[batch].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total += loss.item() * len(batch)
             seen += len(batch)
-        eval_top1 = evaluate(model, eval_x, eval_y, bf16=bf16)
+        eval_top1 = evaluate(model, eval_x, eval_y, bf16=bf16, device=device)
         log.info(
             "epoch %d/%d: train loss %.4f, eval top-1 %.2f %%, %.0f s elapsed",
             epoch,

@@ -30,6 +30,7 @@ class Options(object):
         self.init = None
         self.retrain = False
         self.epochs = 12
+        self.device = "auto"
         self.checkpoints_dir = "checkpoints"
         self.engines_dir = "engines"
         self.calibration_dir = "calibration"
@@ -48,8 +49,11 @@ class Options(object):
             setattr(self, name, value)
 
 
-def stem(dataset, arch):
-    """Model stem used in every file name: ``<data set>-<arch>``."""
+def stem(dataset, arch, checkpoint=None):
+    """Model stem used in every file name: the checkpoint's name, else ``<data set>-<arch>``."""
+    if checkpoint:
+        base = os.path.basename(str(checkpoint))
+        return base[: -len(".safetensors")] if base.endswith(".safetensors") else base
     return "{}-{}".format(dataset.name, arch)
 
 
@@ -64,15 +68,26 @@ def checkpoint_for(opts, dataset):
     if os.path.isfile(path) and not opts.retrain:
         meta = read_meta(path)
         if meta.get("data", {}).get("sha256") != dataset.digest():
-            raise JetquantError("checkpoint {} was trained on other data than {} (content hash "
-                                "differs); retrain with --retrain (RETRAIN=1 with make) or pass "
-                                "--checkpoint".format(path, dataset.name))
-        log.info("FP32 baseline %s: eval top-1 %.2f %% at training (bf16 autocast)", path,
-                 100 * meta.get("eval_top1", float("nan")))
+            raise JetquantError(
+                "checkpoint {} was trained on other data than {} (content hash "
+                "differs); retrain with --retrain (RETRAIN=1 with make) or pass "
+                "--checkpoint".format(path, dataset.name)
+            )
+        log.info(
+            "FP32 baseline %s: eval top-1 %.2f %% at training (bf16 autocast)",
+            path,
+            100 * meta.get("eval_top1", float("nan")),
+        )
         return path
     log.info("no FP32 baseline at %s: training one (first run only)", path)
-    train(dataset, path, arch=opts.arch, recipe=Recipe(epochs=opts.epochs), init=opts.init,
-          spec=Preprocess())
+    train(
+        dataset,
+        path,
+        arch=opts.arch,
+        recipe=Recipe(epochs=opts.epochs, device=opts.device),
+        init=opts.init,
+        spec=Preprocess(),
+    )
     return path
 
 
@@ -87,7 +102,7 @@ def engine(opts, until="engine"):
 
     dataset = load_dataset(opts.data, allow_leakage=opts.allow_leakage)
     checkpoint = checkpoint_for(opts, dataset)
-    name = stem(dataset, opts.arch)
+    name = stem(dataset, opts.arch, opts.checkpoint)
     fp32 = os.path.join(opts.engines_dir, name + ".fp32.onnx")
     record = export(checkpoint, fp32, dataset)
     spec = Preprocess.from_dict(record["preprocess"])
@@ -95,27 +110,37 @@ def engine(opts, until="engine"):
         return {"artifacts": {"fp32": fp32}, "stem": name}
     pinned = resolve(onnx.load(fp32).graph, opts.pins)
     log.info("pinned layers (kept out of INT8, FP16 on TensorRT): %s", ", ".join(pinned))
-    cache = opts.calib_cache or os.path.join(opts.calibration_dir,
-                                             "{}.{}.json".format(name, opts.calib_algo))
-    calib = calibrate(fp32, dataset, spec, cache, opts.calib_algo, opts.calib_batch,
-                      opts.recalibrate)
+    cache = opts.calib_cache or os.path.join(
+        opts.calibration_dir, "{}.{}.json".format(name, opts.calib_algo)
+    )
+    calib = calibrate(
+        fp32, dataset, spec, cache, opts.calib_algo, opts.calib_batch, opts.recalibrate
+    )
     if until == "calibrate":
         return {"artifacts": {"fp32": fp32, "calibration": cache}, "stem": name}
     trt = tensorrt_available()
-    artifacts = build_int8_artifacts(fp32, calib, pinned, opts.engines_dir, name, record,
-                                     trt or opts.trt_target)
+    artifacts = build_int8_artifacts(
+        fp32, calib, pinned, opts.engines_dir, name, record, trt or opts.trt_target
+    )
     artifacts["fp32"] = fp32
     accuracy = _accuracies(artifacts, dataset, spec, record, opts.engines_dir, name)
     _log_sizes(artifacts)
     if trt is None:
-        log.info("TensorRT not installed here: built the ONNX Runtime CPU INT8 model and the "
-                 "TensorRT-bound artifacts; run `make engine` on the Jetson for the engines")
+        log.info(
+            "TensorRT not installed here: built the ONNX Runtime CPU INT8 model and the "
+            "TensorRT-bound artifacts; run `make engine` on the Jetson for the engines"
+        )
     else:
         from .trt_build import build_engines
 
         artifacts.update(build_engines(artifacts, record, calib, pinned, dataset, opts))
-    return {"artifacts": artifacts, "accuracy": accuracy, "pinned": pinned, "stem": name,
-            "tensorrt": trt}
+    return {
+        "artifacts": artifacts,
+        "accuracy": accuracy,
+        "pinned": pinned,
+        "stem": name,
+        "tensorrt": trt,
+    }
 
 
 def _accuracies(artifacts, dataset, spec, record, engines_dir, name):
@@ -134,9 +159,15 @@ def _accuracies(artifacts, dataset, spec, record, engines_dir, name):
             cached[key] = top1(logits_of(ort_runner(artifacts[kind]), arrays[0]), arrays[1])
         out[kind] = cached[key]
     atomic_write_json(cache_path, cached)
-    log.info("eval top-1 on %d %s images, ONNX Runtime CPU: FP32 %.2f %% | Q/DQ INT8 for "
-             "TensorRT %.2f %% | CPU INT8 %.2f %%", len(dataset.split("eval")), dataset.name,
-             100 * out["fp32"], 100 * out["qdq"], 100 * out["cpu"])
+    log.info(
+        "eval top-1 on %d %s images, ONNX Runtime CPU: FP32 %.2f %% | Q/DQ INT8 for "
+        "TensorRT %.2f %% | CPU INT8 %.2f %%",
+        len(dataset.split("eval")),
+        dataset.name,
+        100 * out["fp32"],
+        100 * out["qdq"],
+        100 * out["cpu"],
+    )
     return out
 
 
@@ -144,5 +175,9 @@ def _log_sizes(artifacts):
     base = os.path.getsize(artifacts["fp32"])
     for kind in ("fp32", "qdq", "cpu", "cache"):
         size = os.path.getsize(artifacts[kind])
-        log.info("artifact %-5s %s, %.1f %% of FP32", kind, describe(artifacts[kind]),
-                 100.0 * size / base)
+        log.info(
+            "artifact %-5s %s, %.1f %% of FP32",
+            kind,
+            describe(artifacts[kind]),
+            100.0 * size / base,
+        )

@@ -106,6 +106,8 @@ def is_fresh(path, key):
 
 
 def describe(path):
-    """Return 'PATH (N.N MB)' for log lines."""
+    """Return 'PATH (N.N MB)' (or kB for small files) for log lines."""
     size = os.path.getsize(str(path))
+    if size < 1e6:
+        return "{} ({:.1f} kB)".format(path, size / 1e3)
     return "{} ({:.1f} MB)".format(path, size / 1e6)

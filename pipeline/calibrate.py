@@ -9,12 +9,14 @@ per 224x224 image, so 200 at once would not fit).
 Algorithms (``--calib-algo``):
 
 * ``entropy`` (default): TensorRT's method. For each tensor, a 2048-bin
-  histogram of |x| (ONNX Runtime's signed histogram of 4096 bins, folded at
-  zero), then the clipping threshold that minimises the KL divergence between
-  the clipped distribution and its 128-level quantization. The threshold
-  search is ours, vectorised in numpy: ONNX Runtime's own search loops in
-  Python over every candidate (minutes per model at 2048 bins), and with its
-  default 128 bins it has only one candidate, so it degenerates to max.
+  histogram of |x| (TensorRT's resolution), then the clipping threshold that
+  minimises the KL divergence between the clipped distribution and its
+  128-level quantization. ONNX Runtime runs the graph; the histograms
+  (:class:`AbsHistogram`) and the threshold search are ours, vectorised in
+  numpy, because ONNX Runtime's search loops in Python over every candidate
+  (minutes per model at 2048 bins), with its default 128 bins it has only one
+  candidate (so it degenerates to max), and its ``np.histogram`` binning took
+  half the calibration time here.
 * ``minmax``: the observed min and max (ONNX Runtime's MinMaxCalibrater).
 * ``percentile``: the 99.999th percentile of |x| (ONNX Runtime's, 2048 bins).
 
@@ -45,7 +47,7 @@ from .preprocess import load_batch
 log = get_logger("calibrate")
 
 ALGORITHMS = ("entropy", "minmax", "percentile")
-SIGNED_BINS = 4096
+ABS_BINS = 2048
 QUANT_LEVELS = 128
 PERCENTILE = 99.999
 CALIB_SIZE = 200
@@ -62,7 +64,7 @@ def cache_key(onnx_path, spec, samples, algorithm, batch_size):
         "algorithm": algorithm,
         "batch_size": batch_size,
         "histogram": {
-            "abs_bins": SIGNED_BINS // 2,
+            "abs_bins": ABS_BINS,
             "quant_levels": QUANT_LEVELS,
             "percentile": PERCENTILE,
         },
@@ -199,9 +201,9 @@ def _run(onnx_path, samples, spec, algorithm, batch_size):
         "percentile": CalibrationMethod.Percentile,
     }[algorithm]
     options = {
-        "entropy": {"num_bins": SIGNED_BINS, "num_quantized_bins": QUANT_LEVELS},
+        "entropy": {"num_bins": ABS_BINS, "num_quantized_bins": QUANT_LEVELS},
         "minmax": {},
-        "percentile": {"num_bins": SIGNED_BINS // 2, "percentile": PERCENTILE, "symmetric": True},
+        "percentile": {"num_bins": ABS_BINS, "percentile": PERCENTILE, "symmetric": True},
     }[algorithm]
     stds = []
     batches = (len(samples) + batch_size - 1) // batch_size
@@ -215,6 +217,8 @@ def _run(onnx_path, samples, spec, algorithm, batch_size):
         )
         calibrator.execution_providers = ["CPUExecutionProvider"]
         calibrator.create_inference_session()
+        if algorithm == "entropy":
+            calibrator.collector = AbsHistogram()
         for index in range(batches):
             batch = load_batch(paths(samples[index * batch_size : (index + 1) * batch_size]), spec)
             per_channel = batch.reshape(batch.shape[0], batch.shape[1], -1).std(axis=2)
@@ -252,34 +256,56 @@ def _ranges(calibrator, algorithm):
             for name in data
         }
     out = {}
-    for name, (hist, edges, lo, hi, _) in histograms.items():
-        abs_hist, abs_edges = fold_histogram(hist, edges)
-        observed = max(abs(float(lo)), abs(float(hi)))
-        out[name] = {
-            "min": float(lo),
-            "max": float(hi),
-            "amax": min(entropy_threshold(abs_hist, abs_edges), observed),
-        }
+    for name, (hist, _, lo, hi) in histograms.items():
+        observed = max(abs(lo), abs(hi))
+        threshold = entropy_threshold(hist, calibrator.collector.edges(name))
+        out[name] = {"min": lo, "max": hi, "amax": min(threshold, observed)}
     return out
 
 
-def fold_histogram(hist, edges, max_bins=SIGNED_BINS // 2):
-    """Fold a histogram symmetric about zero into one of |x| with at most ``max_bins`` bins.
+class AbsHistogram(object):
+    """Streaming histograms of |x| per tensor, TensorRT style: 2048 bins from 0 to a range.
 
-    ONNX Runtime widens a histogram when a later batch has a larger range, so
-    it can hold more bins than it started with; merging neighbours back to at
-    most ``max_bins`` keeps TensorRT's resolution and bounds the search cost.
+    The range starts at the first batch's max |x| and doubles (neighbouring
+    bins merged in pairs) whenever a later batch exceeds it, so every tensor
+    keeps exactly ``bins`` bins. Plugged into ONNX Runtime's calibrator as its
+    collector: ONNX Runtime runs the augmented graph, this bins the outputs
+    (in one pass of integer binning, several times faster than ``np.histogram``).
     """
-    zero = len(hist) // 2
-    folded, folded_edges = hist[zero:] + hist[:zero][::-1], edges[zero:]
-    factor = -(-len(folded) // max_bins)
-    if factor > 1:
-        pad = (-len(folded)) % factor
-        folded = np.concatenate([folded, np.zeros(pad, dtype=folded.dtype)])
-        width = folded_edges[1] - folded_edges[0]
-        folded = folded.reshape(-1, factor).sum(axis=1)
-        folded_edges = folded_edges[0] + width * factor * np.arange(len(folded) + 1)
-    return folded, folded_edges
+
+    def __init__(self, bins=ABS_BINS):
+        self.bins = bins
+        self.histogram_dict = {}
+
+    def collect(self, name_to_arr):
+        """Add one batch of outputs: {tensor name: [arrays]}."""
+        for name, arrays in name_to_arr.items():
+            for arr in arrays:
+                self._add(name, np.asarray(arr, dtype=np.float32).ravel())
+
+    def _add(self, name, x):
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        top = max(abs(lo), abs(hi))
+        hist, width, old_lo, old_hi = self.histogram_dict.get(name, (None, None, lo, hi))
+        if hist is None:
+            hist, width = np.zeros(self.bins, dtype=np.int64), (top or 1.0) / self.bins
+        while top > width * self.bins:
+            hist = np.concatenate([hist.reshape(-1, 2).sum(axis=1), np.zeros(self.bins // 2,
+                                                                               dtype=np.int64)])
+            width *= 2
+        index = np.abs(x)
+        np.multiply(index, np.float32(1.0 / width), out=index)
+        index = index.astype(np.int32)
+        np.minimum(index, self.bins - 1, out=index)
+        hist += np.bincount(index, minlength=self.bins)
+        self.histogram_dict[name] = (hist, width, min(lo, old_lo), max(hi, old_hi))
+
+    def edges(self, name):
+        """Bin edges of one tensor's histogram."""
+        hist, width = self.histogram_dict[name][:2]
+        return width * np.arange(len(hist) + 1)
 
 
 def entropy_threshold(hist, edges, levels=QUANT_LEVELS):
@@ -289,7 +315,10 @@ def entropy_threshold(hist, edges, levels=QUANT_LEVELS):
     reference P is the first ``i`` bins with everything beyond folded into the
     last one; the candidate Q merges those ``i`` bins into ``levels`` levels and
     spreads each level back evenly over its non-empty bins. All candidates are
-    evaluated at once as one sparse (candidate, bin) array.
+    evaluated at once as one sparse (candidate, bin) array. As in NVIDIA's
+    calibrators, the first bin's count is replaced by the second's: the exact
+    zeros of a ReLU output would otherwise dominate P, and the search would
+    always pick the smallest threshold. Ties go to the widest range.
 
     Args:
         hist: counts of |x| per bin.
@@ -299,8 +328,10 @@ def entropy_threshold(hist, edges, levels=QUANT_LEVELS):
     Returns:
         The threshold (a bin edge), as a float.
     """
-    hist = np.asarray(hist, dtype=np.float64)
+    hist = np.array(hist, dtype=np.float64)
     bins = len(hist)
+    if bins > 1:
+        hist[0] = hist[1]  # the zero spike (ReLU outputs) would otherwise pull amax to the minimum
     if hist.sum() == 0 or bins <= levels:
         return float(edges[-1])
     kept = np.arange(levels, bins + 1)
@@ -320,7 +351,8 @@ def entropy_threshold(hist, edges, levels=QUANT_LEVELS):
     use = p > 0
     q_use = np.maximum(q[use], KL_EPS * 1e-2)
     terms = p[use] * np.log(p[use] / q_use)
-    best = int(np.argmin(np.bincount(rows[use], weights=terms, minlength=len(kept))))
+    divergence = np.bincount(rows[use], weights=terms, minlength=len(kept))
+    best = len(kept) - 1 - int(np.argmin(divergence[::-1]))  # ties: the widest range
     return float(edges[kept[best]])
 
 

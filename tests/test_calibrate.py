@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.calibrate import calibrate, check_input_range, entropy_threshold, fold_histogram
+from pipeline.calibrate import AbsHistogram, calibrate, check_input_range, entropy_threshold
 from pipeline.errors import JetquantError
 from pipeline.preprocess import Preprocess
 
@@ -13,6 +13,7 @@ from pipeline.preprocess import Preprocess
 def _reference_threshold(hist, edges, levels=128):
     """Straight loop over every candidate, as TensorRT's entropy calibration describes it."""
     hist = hist.astype(float)
+    hist[0] = hist[1]
     best = None
     for i in range(levels, len(hist) + 1):
         p = hist[:i].copy()
@@ -27,7 +28,7 @@ def _reference_threshold(hist, edges, levels=128):
         p, q = p / p.sum(), q / q.sum()
         use = p > 0
         kl = float((p[use] * np.log(p[use] / np.maximum(q[use], 1e-6))).sum())
-        if best is None or kl < best[0]:
+        if best is None or kl <= best[0]:
             best = (kl, i)
     return float(edges[best[1]])
 
@@ -48,12 +49,26 @@ def test_entropy_clips_outliers():
     assert 2.5 < threshold < 8.0  # far below the outlier at 40
 
 
-def test_fold_histogram_caps_bins():
-    hist = np.ones(8192, dtype=np.int64)
-    edges = np.linspace(-4, 4, 8193)
-    folded, folded_edges = fold_histogram(hist, edges)
-    assert len(folded) == 2048 and folded.sum() == hist.sum()
-    assert folded_edges[0] == 0 and folded_edges[-1] == pytest.approx(4)
+def test_relu_zero_spike_does_not_collapse_the_range():
+    rng = np.random.default_rng(0)
+    relu = np.maximum(rng.standard_normal(400000) * 2.0, 0.0)  # half exact zeros
+    hist, edges = np.histogram(relu, 2048, range=(0, relu.max()))
+    threshold = entropy_threshold(hist, edges)
+    assert threshold > 0.4 * relu.max()  # not the smallest candidate (1/16 of the range)
+
+
+def test_abs_histogram_streams_and_doubles_its_range():
+    rng = np.random.default_rng(0)
+    first, second = rng.standard_normal(10000), rng.standard_normal(10000) * 3
+    collector = AbsHistogram(bins=64)
+    collector.collect({"t": [first]})
+    collector.collect({"t": [second]})
+    hist, width, lo, hi = collector.histogram_dict["t"]
+    both = np.abs(np.concatenate([first, second]))
+    assert len(hist) == 64 and hist.sum() == both.size
+    assert width * 64 >= both.max() and lo == pytest.approx(min(first.min(), second.min()))
+    reference, _ = np.histogram(both, 64, range=(0, width * 64))
+    assert np.abs(hist - reference).sum() <= 4  # equal up to float rounding at bin edges
 
 
 def test_input_range_check():

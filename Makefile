@@ -32,8 +32,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# On a Jetson (L4T present) `make engine` is the device route: TensorRT engines from the
+# artifacts a host's `make engine` wrote into engines/ (JetPack's Python has no torch).
+# HOST=1 runs the host chain there too (JetPack 6: Python 3.10 can build the venv).
+TEGRA_RELEASE ?= /etc/nv_tegra_release
+HOST ?=
+ifeq ($(if $(HOST),,$(wildcard $(TEGRA_RELEASE))),)
 engine: $(STAMP)
 	$(PY) -m pipeline engine $(stage_args)
+else
+engine: device-engine
+endif
 
 train: $(STAMP)
 	$(PY) -m pipeline train $(data_arg) $(ARGS)
@@ -47,6 +56,7 @@ benchmark: $(STAMP)
 # Modules the device side imports: they must parse on Python 3.6 (Jetson Nano, JetPack 4.6).
 DEVICE_MODULES := pipeline/__init__.py pipeline/errors.py pipeline/log.py pipeline/artifacts.py \
 	pipeline/preprocess.py pipeline/data.py pipeline/stats.py pipeline/device.py \
+	pipeline/compare.py pipeline/gates.py pipeline/report.py pipeline/device_route.py \
 	pipeline/trt_adapter.py pipeline/trt_calibrator.py pipeline/trt_build.py pipeline/trt_runtime.py
 TRT_BINDINGS := .cache/trt-bindings
 

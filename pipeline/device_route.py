@@ -468,8 +468,8 @@ def pin_gates(results):
 
 
 def assemble_report(results, labels, dataset, env, device, pinned, extra):
-    """The host benchmark's report structure (:func:`pipeline.benchmark.assemble`) plus extras."""
-    from .benchmark import assemble
+    """The host benchmark's report structure (:func:`pipeline.compare.assemble`) plus extras."""
+    from .compare import assemble
 
     report = assemble(results, labels, dataset, env, device, {"pinned": list(pinned)})
     report.update(extra)

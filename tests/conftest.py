@@ -79,3 +79,25 @@ def tiny(tmp_path_factory, neu_root):
     record = export(ckpt, onnx_path, dataset)
     return {"work": work, "manifest": manifest, "dataset": dataset, "spec": spec,
             "checkpoint": ckpt, "onnx": onnx_path, "export": record}
+
+
+# Prepended to a probe script run in a fresh interpreter: any import of a package named in
+# BLOCKED (which the probe defines first) fails and is recorded in ``attempts``.
+IMPORT_BLOCKER = r'''
+import sys
+
+attempts = []
+
+
+class Refuse(object):
+    """Meta-path finder: an import of a blocked package fails and is recorded."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ImportError("blocked on the device route: " + name)
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+'''

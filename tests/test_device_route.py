@@ -22,6 +22,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import IMPORT_BLOCKER
 from PIL import Image
 
 from pipeline import device_route, trt_adapter, trt_runtime
@@ -526,22 +527,10 @@ def test_render_writes_markdown_and_html_from_the_json(site):
 
 # ---- python3 -m pipeline.device_route imports no torch, onnx, onnxruntime, matplotlib -------
 
-PROBE = r'''
-import runpy, sys, warnings
+PROBE = ('BLOCKED = ("torch", "torchvision", "onnx", "onnxruntime", "matplotlib")\n'
+         + IMPORT_BLOCKER + r'''
+import runpy, warnings
 
-BLOCKED = ("torch", "torchvision", "onnx", "onnxruntime", "matplotlib")
-attempts = []
-
-
-class Refuse(object):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            attempts.append(name)
-            raise ImportError("blocked on the device route: " + name)
-        return None
-
-
-sys.meta_path.insert(0, Refuse())
 sys.path.insert(0, sys.argv[1])
 import test_device_route as t
 import pipeline.trt_runtime as runtime
@@ -558,7 +547,7 @@ except SystemExit as exc:
     status = exc.code
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print("status=%s attempts=%s loaded=%s" % (status, attempts, loaded))
-'''
+''')
 
 
 def test_module_run_imports_no_torch_onnx_or_matplotlib(site):

@@ -9,26 +9,11 @@ import os
 import subprocess
 import sys
 
+from conftest import IMPORT_BLOCKER
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PROBE = r'''
-import sys
-
-BLOCKED = ("torch", "torchvision", "onnx", "onnxruntime")
-attempts = []
-
-
-class Refuse(object):
-    """Meta-path finder: any import of a blocked package fails and is recorded."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            attempts.append(name)
-            raise ImportError("blocked on the device route: " + name)
-        return None
-
-
-sys.meta_path.insert(0, Refuse())
+PROBE = 'BLOCKED = ("torch", "torchvision", "onnx", "onnxruntime")\n' + IMPORT_BLOCKER + r'''
 import pipeline.trt_adapter
 import pipeline.trt_build
 import pipeline.trt_calibrator

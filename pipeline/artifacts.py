@@ -45,7 +45,10 @@ def atomic_write(path, data):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # like open(): mkstemp's 0600 would hide reports
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

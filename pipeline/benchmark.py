@@ -88,7 +88,7 @@ def measure(models, dataset, fp32_path, pinned, args, comparisons=None, extra_ga
 
     with open(fp32_path + ".json") as handle:
         spec = Preprocess.from_dict(json.load(handle)["preprocess"])
-    batches = [int(b) for b in str(args.batches).split(",") if b.strip()]
+    batches = list(args.batches)
     limits = gates.resolve_limits(
         {
             "max_top1_drop": args.max_top1_drop,
@@ -136,7 +136,6 @@ def measure(models, dataset, fp32_path, pinned, args, comparisons=None, extra_ga
     report["passed"] = all(g["passed"] for g in report["gates"])
     _warn_noisy(report)
     reporting.write_reports(report, args.report_dir)
-    print(reporting.summary_table(report))
     for gate in report["gates"]:
         if not gate["passed"]:
             log.error(

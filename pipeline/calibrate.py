@@ -73,7 +73,8 @@ def cache_key(onnx_path, spec, samples, algorithm, batch_size):
 
 
 def calibrate(
-    onnx_path, dataset, spec, cache_path, algorithm="entropy", batch_size=8, recalibrate=False
+    onnx_path, dataset, spec, cache_path, algorithm="entropy", batch_size=8, recalibrate=False,
+    explicit=False,
 ):
     """Compute (or reuse) activation ranges for every tensor of the FP32 graph.
 
@@ -85,6 +86,8 @@ def calibrate(
         algorithm: ``entropy``, ``minmax`` or ``percentile``.
         batch_size: images per calibration batch (the last may be smaller).
         recalibrate: ignore (and overwrite) an existing cache.
+        explicit: the user named ``cache_path``: a stale one is refused. The pipeline's own
+            cache (``explicit`` False) is recomputed instead, with a warning saying why.
 
     Returns:
         The cache record: ``{"key", "ranges": {tensor: {min, max, amax}}, "input", ...}``.
@@ -107,10 +110,16 @@ def calibrate(
     _warn_balance(dataset, samples)
     key = cache_key(onnx_path, spec, samples, algorithm, batch_size)
     if os.path.isfile(str(cache_path)) and not recalibrate:
-        record = load_cache(cache_path, key)
-        log.info("reusing calibration cache %s (key matches)", cache_path)
-        _log_summary(record)
-        return record
+        try:
+            record = load_cache(cache_path, key)
+        except JetquantError as exc:
+            if explicit or "is stale" not in str(exc):
+                raise
+            log.warning("%s: recalibrating", str(exc).split("; delete it")[0])
+        else:
+            log.info("reusing calibration cache %s (key matches)", cache_path)
+            _log_summary(record)
+            return record
 
     with Timer() as timer:
         ranges, stats = _run(onnx_path, samples, spec, algorithm, batch_size)
@@ -132,23 +141,43 @@ def calibrate(
 
 def load_cache(path, key):
     """Read a calibration cache, refusing it when any key field differs from ``key``."""
-    record = read_json(path, "calibration cache")
-    stored = record.get("key", {})
-    changed = sorted(k for k in set(key) | set(stored) if stored.get(k) != key.get(k))
+    try:
+        record = read_json(path, "calibration cache")
+    except JetquantError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("key"), dict) \
+            or "ranges" not in record:
+        raise JetquantError(
+            "{} is not a jetquant calibration cache (the JSON ranges `make calibrate` writes in "
+            "calibration/; the TensorRT cache engines/*.trt-calib.cache is another file); give "
+            "one of those or drop --calib-cache".format(path))
+    stored = record["key"]
+    changed = [k for k in FIELD_ORDER if stored.get(k) != key.get(k)]
+    changed += sorted(k for k in set(key) | set(stored) if k not in FIELD_ORDER
+                      and stored.get(k) != key.get(k))
     if changed:
+        what = []
+        for field in changed:
+            if _what(field) not in what:
+                what.append(_what(field))
         raise JetquantError(
             "calibration cache {} is stale: it was made for other {} ({}); delete it or rerun "
             "with --recalibrate (RECALIBRATE=1 with make)".format(
-                path, ", ".join(_what(k) for k in changed), _diff(stored, key, changed[0])
+                path, ", ".join(what), _diff(stored, key, changed[0])
             )
         )
     return record
+
+
+FIELD_ORDER = ("model_sha256", "preprocess", "calib_set_sha256", "calib_images", "algorithm",
+               "batch_size", "histogram", "onnxruntime")
 
 
 def _what(field):
     return {
         "model_sha256": "weights",
         "calib_set_sha256": "calibration images",
+        "calib_images": "calibration images",
         "preprocess": "preprocessing",
         "batch_size": "batch size",
     }.get(field, field)

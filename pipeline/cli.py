@@ -12,6 +12,50 @@ from .log import get_logger, setup
 
 log = get_logger("cli")
 
+ARCHS = ["resnet50", "resnet18", "resnet34", "mobilenet_v3_large"]
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not an integer".format(text)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1, got {}".format(value))
+    return value
+
+
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("{!r} is not an integer >= 0".format(text))
+    return value
+
+
+def batch_list(text):
+    """argparse type: comma-separated batch sizes, each >= 1."""
+    try:
+        return [positive_int(part) for part in text.split(",") if part.strip()] or [1]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError("batch sizes {!r}: {}".format(text, exc)) from None
+
+
+def trt_version(text):
+    """argparse type: a TensorRT version such as 8.2.1 or 10.3.0."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        Version(text)
+    except InvalidVersion:
+        raise argparse.ArgumentTypeError("{!r} is not a TensorRT version such as 10.3.0"
+                                         .format(text)) from None
+    return text
+
 
 def _common(parser):
     parser.add_argument(
@@ -19,7 +63,8 @@ def _common(parser):
         help="folder of class folders, CSV manifest path,label,split, or "
         "'elpv' (default: ../shared/data/neu-det if present, else elpv)",
     )
-    parser.add_argument("--arch", default="resnet50", help="architecture (default resnet50)")
+    parser.add_argument("--arch", choices=ARCHS, help="architecture (default resnet50; with "
+                        "--checkpoint: the checkpoint's own, and a different one is refused)")
     parser.add_argument(
         "--checkpoint",
         help="FP32 baseline checkpoint (default: "
@@ -38,7 +83,7 @@ def _common(parser):
 def _engine_args(parser):
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=12,
         help="training epochs if a baseline must be trained (default 12)",
     )
@@ -57,7 +102,7 @@ def _engine_args(parser):
         help="calibration algorithm (default entropy)",
     )
     parser.add_argument(
-        "--calib-batch", type=int, default=8, help="calibration batch size (default 8)"
+        "--calib-batch", type=positive_int, default=8, help="calibration batch size (default 8)"
     )
     parser.add_argument("--calib-cache", help="calibration cache to use (refused when stale)")
     parser.add_argument("--recalibrate", action="store_true", help="ignore an existing cache")
@@ -71,6 +116,7 @@ def _engine_args(parser):
     )
     parser.add_argument(
         "--trt-target",
+        type=trt_version,
         default="10.3.0",
         help="TensorRT version the host-side "
         "calibration cache is written for (default 10.3.0, JetPack 6)",
@@ -92,9 +138,12 @@ def _engine_args(parser):
 
 def _benchmark_args(parser):
     parser.add_argument("--report-dir", default="reports", help="output folder (default reports)")
-    parser.add_argument("--iterations", type=int, default=200, help="timed batch-1 runs per model")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed runs first")
-    parser.add_argument("--batches", default="1,8,32", help="throughput batch sizes")
+    parser.add_argument("--iterations", type=positive_int, default=200,
+                        help="timed batch-1 runs per model (default 200)")
+    parser.add_argument("--warmup", type=non_negative_int, default=20,
+                        help="untimed runs first (default 20)")
+    parser.add_argument("--batches", type=batch_list, default=[1, 8, 32],
+                        help="throughput batch sizes (default 1,8,32)")
     parser.add_argument("--gates", help="JSON or TOML file of gate limits")
     parser.add_argument("--max-top1-drop", type=float, help="gate: points of top-1 INT8 may lose")
     parser.add_argument(
@@ -112,7 +161,7 @@ def get_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train the FP32 baseline")
     _common(train)
-    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--epochs", type=positive_int, default=12, help="epochs (default 12)")
     train.add_argument("--init", help="weights to fine-tune from")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     train.add_argument("--out", help="checkpoint to write")
@@ -188,6 +237,21 @@ def _options(args):
     return Options(**values)
 
 
+def _check_report_dir(path):
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise JetquantError("--report-dir {} is a file; give a folder (it is created if "
+                            "missing)".format(path))
+
+
+def _verdict(report):
+    from .report import summary_table
+
+    print(summary_table(report))
+    return 0 if report["passed"] else 1
+
+
 def _dispatch(args):
     if args.command == "train":
         from .data import load_dataset
@@ -195,9 +259,10 @@ def _dispatch(args):
         from .workflow import stem
 
         dataset = load_dataset(args.data, allow_leakage=args.allow_leakage)
-        out = args.out or "checkpoints/{}.safetensors".format(stem(dataset, args.arch))
+        arch = args.arch or "resnet50"
+        out = args.out or "checkpoints/{}.safetensors".format(stem(dataset, arch))
         recipe = Recipe(epochs=args.epochs, device=args.device)
-        train(dataset, out, arch=args.arch, recipe=recipe, init=args.init)
+        train(dataset, out, arch=arch, recipe=recipe, init=args.init)
         return 0
     if args.command in ("export", "calibrate", "engine"):
         from .workflow import engine
@@ -207,11 +272,11 @@ def _dispatch(args):
     if args.command == "benchmark":
         from .benchmark import run_benchmark
 
-        report = run_benchmark(_options(args), args)
-        return 0 if report["passed"] else 1
+        _check_report_dir(args.report_dir)
+        return _verdict(run_benchmark(_options(args), args))
     if args.command == "distill":
         from .distill import run_distill
 
-        report = run_distill(_options(args), args)
-        return 0 if report["passed"] else 1
+        _check_report_dir(args.report_dir)
+        return _verdict(run_distill(_options(args), args))
     raise JetquantError("unknown command " + args.command)

@@ -155,7 +155,15 @@ def load_dataset(source=None, check_images=True, allow_leakage=False):
 
 def _load_manifest(path):
     root = os.path.dirname(os.path.abspath(path))
-    with open(path, "r", newline="") as handle:
+    try:
+        return _read_manifest(path, root)
+    except UnicodeDecodeError:
+        raise JetquantError("manifest {} is not UTF-8 text; save it as CSV (UTF-8)".format(path)) \
+            from None
+
+
+def _read_manifest(path, root):
+    with open(path, "r", newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = {"path", "label", "split"} - set(reader.fieldnames or [])
         if missing:
@@ -166,7 +174,7 @@ def _load_manifest(path):
             )
         samples = []
         for line, row in enumerate(reader, start=2):
-            rel, label, split = row["path"].strip(), row["label"].strip(), row["split"].strip()
+            rel, label, split = ((row.get(k) or "").strip() for k in ("path", "label", "split"))
             if not rel or not label or split not in SPLITS:
                 raise JetquantError(
                     "manifest {} line {}: need a path, a label and a split in {}, got {!r}".format(

@@ -184,7 +184,7 @@ def run_distill(opts, args):
     )
     built = {}
     for role, checkpoint in (("teacher", teacher), ("student", distilled), ("labels", labels_only)):
-        values = dict(vars(opts), checkpoint=checkpoint, arch=read_meta(checkpoint)["arch"])
+        values = dict(vars(opts), checkpoint=checkpoint, arch=None, init=None, retrain=False)
         built[role] = engine(Options(**values))
     models = (
         cpu_models(

@@ -76,6 +76,9 @@ def export(checkpoint, out_path, dataset, opset=OPSET, batch_size=32):
 
     check = compare(ckpt.model, out_path, dataset, ckpt.preprocess, batch_size)
     _log_check(check, reused=False)
+    if not check["finite"]:
+        raise JetquantError("the model gives NaN or infinite logits on the eval images; check the "
+                            "checkpoint's preprocessing (std must be > 0) and its weights")
     if check["agreement"] < 1.0:
         raise JetquantError(
             "ONNX Runtime disagrees with PyTorch on {} of {} eval images "
@@ -130,7 +133,7 @@ def compare(model, onnx_path, dataset, spec, batch_size=32):
     """Run PyTorch (FP32) and ONNX Runtime on the eval split; return the agreement figures."""
     samples = dataset.split("eval")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    diffs, agree, right_ref, right_got = [], 0, 0, 0
+    diffs, agree, right_ref, right_got, finite = [], 0, 0, 0, True
     labels = dataset.labels(samples)
     model.eval()
     with Timer() as timer, torch.inference_mode():
@@ -138,6 +141,7 @@ def compare(model, onnx_path, dataset, spec, batch_size=32):
             batch = load_batch(paths(samples[start : start + batch_size]), spec)
             ref = model(torch.from_numpy(batch)).numpy()
             got = session.run([OUTPUT], {INPUT: batch})[0]
+            finite = finite and bool(np.isfinite(ref).all() and np.isfinite(got).all())
             diffs.append(float(np.abs(ref - got).max()))
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
             truth = labels[start : start + batch_size]
@@ -145,6 +149,7 @@ def compare(model, onnx_path, dataset, spec, batch_size=32):
             right_got += int((got.argmax(1) == truth).sum())
     return {
         "images": len(samples),
+        "finite": finite,
         "max_abs_diff": max(diffs) if diffs else 0.0,
         "agreement": agree / max(1, len(samples)),
         "disagreements": len(samples) - agree,

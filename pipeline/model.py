@@ -83,7 +83,16 @@ def read_meta(path):
                 path
             )
         )
-    return json.loads(meta["jetquant"])
+    try:
+        record = json.loads(meta["jetquant"])
+    except ValueError:
+        record = None
+    missing = [k for k in ("arch", "classes", "preprocess") if not isinstance(record, dict)
+               or k not in record]
+    if missing:
+        raise JetquantError("{}: its jetquant metadata is damaged (missing {}); retrain it or use "
+                            "the original file".format(path, ", ".join(missing)))
+    return record
 
 
 def load_checkpoint(path, arch=None, classes=None):

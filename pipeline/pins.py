@@ -48,4 +48,8 @@ def resolve(graph, patterns=(), first=True):
             raise JetquantError("--pin {!r} matches no node of the ONNX graph (names look like "
                                 "{})".format(pattern, ", ".join(names[:3])))
         pinned.update(hits)
+    convs = {n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    if convs and convs <= pinned:
+        raise JetquantError("--pin {} pins every Conv/Gemm layer: nothing would be INT8; pin "
+                            "fewer layers or build FP16 instead".format(" ".join(patterns)))
     return sorted(pinned)

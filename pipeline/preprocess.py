@@ -67,7 +67,8 @@ class Preprocess(NamedTuple):
             raise JetquantError(
                 "preprocessing record {} is incomplete ({}); re-export the model".format(data, exc)
             ) from None
-        if spec.interpolation not in _RESAMPLE or spec.crop > spec.resize:
+        if (spec.interpolation not in _RESAMPLE or spec.crop > spec.resize or spec.crop < 1
+                or len(spec.mean) != 3 or len(spec.std) != 3 or min(spec.std) <= 0):
             raise JetquantError("preprocessing record {} is invalid".format(data))
         return spec
 
@@ -110,6 +111,8 @@ def _to_rgb(img, path):
         return img.copy()
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
+        if mode == "I" and arr.min() >= 0 and arr.max() <= 255:  # 8-bit values stored as int32
+            return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
         if arr.min() < 0 or arr.max() > 65535:
             raise JetquantError(
                 "{}: 32-bit integer image with values outside 0..65535 is not "

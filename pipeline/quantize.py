@@ -107,13 +107,18 @@ def quantize(fp32_path, out_path, ranges, algorithm, pinned, target):
 
 
 def _check_pins_unquantized(model, pinned):
+    """A pinned node's weights must stay float (its activation input may come from a DQ)."""
     producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name for t in model.graph.initializer}
     for node in model.graph.node:
         if node.name not in pinned:
             continue
-        inputs = [producers.get(i) for i in node.input if i]
-        if any(p is not None and p.op_type == "DequantizeLinear" for p in inputs):
-            raise JetquantError("pinned layer {} still has Q/DQ on its inputs".format(node.name))
+        for name in node.input[1:]:
+            producer = producers.get(name)
+            if producer is not None and producer.op_type == "DequantizeLinear" \
+                    and producer.input[0] in inits:
+                raise JetquantError("pinned layer {} still has INT8 weights ({}); report this "
+                                    "with the model".format(node.name, name))
 
 
 def pin_fp16(model, pinned):

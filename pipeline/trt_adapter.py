@@ -349,7 +349,7 @@ def deserialize(trt, logger, data, path):
     if engine is None:
         raise JetquantError("engine {} is truncated, corrupt or built by another TensorRT "
                             "(TensorRT {} could not deserialize its {} bytes); delete it and "
-                            "rebuild (make build)".format(path, version_of(trt), len(data or b"")))
+                            "rebuild (make engine)".format(path, version_of(trt), len(data or b"")))
     return runtime, engine
 
 

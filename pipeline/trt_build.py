@@ -418,7 +418,7 @@ def _attach_calibration(trt, builder, config, request, tensor, model_sha256):
     cached = cache.load()
     if cached is None and request.calib_algo != "entropy":
         raise JetquantError("on-device calibration is entropy calibration; for {} make the "
-                            "cache with make calibrate / make build (calib algo {})".format(
+                            "cache with make calibrate / make engine (calib algo {})".format(
                                 request.calib_algo, request.calib_algo))
     batches = CalibrationBatches(request.calib_paths, request.preprocess, request.calib_batch)
     if batches.dropped:

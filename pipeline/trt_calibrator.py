@@ -137,7 +137,7 @@ def cache_key(tensorrt_version, model_sha256, spec, calib_set_sha256, batch_size
               algorithm=ALGORITHM):
     """The key a calibration cache is valid for, in the layout the build stage writes.
 
-    ``make build`` (:mod:`pipeline.build`) writes the same file from ONNX Runtime's
+    ``make engine`` (:mod:`pipeline.build`) writes the same file from ONNX Runtime's
     calibration on any host, with extra fields (tool versions); only the fields
     below decide whether a cache fits this TensorRT build.
     """

@@ -172,12 +172,12 @@ def read_engine_bytes(path):
     """Read an engine file; a missing or empty one is refused with the fix."""
     path = str(path)
     if not os.path.isfile(path):
-        raise JetquantError("engine not found: {}; build it first (make build)".format(path))
+        raise JetquantError("engine not found: {}; build it first (make engine)".format(path))
     with open(path, "rb") as handle:
         data = handle.read()
     if not data:
         raise JetquantError("engine {} is empty (an interrupted build?); delete it and rebuild "
-                            "(make build)".format(path))
+                            "(make engine)".format(path))
     return data
 
 

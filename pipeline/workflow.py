@@ -25,7 +25,7 @@ class Options(object):
 
     def __init__(self, **kwargs):
         self.data = None
-        self.arch = "resnet50"
+        self.arch = None  # None: resnet50, or the checkpoint's own architecture
         self.checkpoint = None
         self.init = None
         self.retrain = False
@@ -57,14 +57,45 @@ def stem(dataset, arch, checkpoint=None):
     return "{}-{}".format(dataset.name, arch)
 
 
+def _check_given_checkpoint(opts):
+    """Refuse options that contradict a given checkpoint instead of ignoring them."""
+    from .model import read_meta
+
+    arch = read_meta(opts.checkpoint).get("arch")
+    if opts.arch and opts.arch != arch:
+        raise JetquantError("--arch {} contradicts --checkpoint {}, which is a {}; drop --arch or "
+                            "pass a {} checkpoint".format(opts.arch, opts.checkpoint, arch,
+                                                          opts.arch))
+    if opts.init or opts.retrain:
+        raise JetquantError("--init/--retrain train a baseline, but --checkpoint {} is used as "
+                            "it is; drop one of them".format(opts.checkpoint))
+
+
+def check_requests(opts):
+    """Refuse contradictory engine requests before any work is done."""
+    from packaging.version import Version
+
+    if opts.route in ("implicit", "explicit") and opts.precision in ("fp16", "fp32"):
+        raise JetquantError("--route {} chooses how INT8 is built, but --precision is {}; drop "
+                            "--route or ask for int8/auto".format(opts.route, opts.precision))
+    if opts.route == "implicit" and Version(str(opts.trt_target)).major >= 11:
+        raise JetquantError("--route implicit needs a calibrator, which TensorRT {} no longer "
+                            "has; use --route explicit (the Q/DQ graph)".format(opts.trt_target))
+
+
+DEFAULT_ARCH = "resnet50"
+
+
 def checkpoint_for(opts, dataset):
     """Return the baseline checkpoint path, training it first if there is none."""
     from .model import read_meta
     from .train import Recipe, train
 
     if opts.checkpoint:
+        _check_given_checkpoint(opts)
         return opts.checkpoint
-    path = os.path.join(opts.checkpoints_dir, stem(dataset, opts.arch) + ".safetensors")
+    path = os.path.join(opts.checkpoints_dir, stem(dataset, opts.arch or DEFAULT_ARCH)
+                        + ".safetensors")
     if os.path.isfile(path) and not opts.retrain:
         meta = read_meta(path)
         if meta.get("data", {}).get("sha256") != dataset.digest():
@@ -83,7 +114,7 @@ def checkpoint_for(opts, dataset):
     train(
         dataset,
         path,
-        arch=opts.arch,
+        arch=opts.arch or DEFAULT_ARCH,
         recipe=Recipe(epochs=opts.epochs, device=opts.device),
         init=opts.init,
         spec=Preprocess(),
@@ -100,9 +131,10 @@ def engine(opts, until="engine"):
     """
     from .export import export
 
+    check_requests(opts)
     dataset = load_dataset(opts.data, allow_leakage=opts.allow_leakage)
     checkpoint = checkpoint_for(opts, dataset)
-    name = stem(dataset, opts.arch, opts.checkpoint)
+    name = stem(dataset, opts.arch or DEFAULT_ARCH, opts.checkpoint)
     fp32 = os.path.join(opts.engines_dir, name + ".fp32.onnx")
     record = export(checkpoint, fp32, dataset)
     spec = Preprocess.from_dict(record["preprocess"])
@@ -113,9 +145,8 @@ def engine(opts, until="engine"):
     cache = opts.calib_cache or os.path.join(
         opts.calibration_dir, "{}.{}.json".format(name, opts.calib_algo)
     )
-    calib = calibrate(
-        fp32, dataset, spec, cache, opts.calib_algo, opts.calib_batch, opts.recalibrate
-    )
+    calib = calibrate(fp32, dataset, spec, cache, opts.calib_algo, opts.calib_batch,
+                      opts.recalibrate, explicit=bool(opts.calib_cache))
     if until == "calibrate":
         return {"artifacts": {"fp32": fp32, "calibration": cache}, "stem": name}
     trt = tensorrt_available()

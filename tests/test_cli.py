@@ -27,12 +27,14 @@ def test_corrupt_jpeg_in_class_folder_is_one_line(class_folders):
     assert "Traceback" not in proc.stderr
 
 
-def test_other_architecture_checkpoint_is_refused(tiny):
+def test_contradicting_checkpoint_options_are_refused(tiny):
     proc = _run("export", "--data", tiny["manifest"], "--checkpoint", tiny["checkpoint"],
                 "--arch", "resnet50")
-    # --arch names the stem; the checkpoint itself says resnet18 and fits the data, so the
-    # export goes through; a checkpoint for other classes must be refused:
-    assert proc.returncode in (0, 2)
+    assert proc.returncode == 2
+    assert "contradicts --checkpoint" in _error_lines(proc)[0]
+    proc = _run("export", "--data", tiny["manifest"], "--checkpoint", tiny["checkpoint"],
+                "--init", "x.pt")
+    assert proc.returncode == 2 and "--init/--retrain" in proc.stderr
     other = str(tiny["work"] / "other.safetensors")
     from pipeline.model import build, save_checkpoint
 
@@ -41,6 +43,24 @@ def test_other_architecture_checkpoint_is_refused(tiny):
     proc = _run("export", "--data", tiny["manifest"], "--checkpoint", other)
     assert proc.returncode == 2
     assert "classes" in _error_lines(proc)[0]
+
+
+def test_invalid_values_fail_before_any_work(tmp_path):
+    cases = [("train", "--epochs", "0"), ("engine", "--calib-batch", "0"),
+             ("engine", "--trt-target", "banana"), ("benchmark", "--batches", "1,x"),
+             ("benchmark", "--iterations", "0"), ("engine", "--arch", "vgg")]
+    for case in cases:
+        proc = _run(*case)
+        assert proc.returncode == 2, case
+        assert "Traceback" not in proc.stderr and "error:" in proc.stderr, case
+    report_file = tmp_path / "afile"
+    report_file.write_text("x")
+    proc = _run("benchmark", "--report-dir", str(report_file))
+    assert proc.returncode == 2 and "is a file" in proc.stderr
+    proc = _run("engine", "--route", "implicit", "--trt-target", "11.4")
+    assert proc.returncode == 2 and "--route explicit" in proc.stderr
+    proc = _run("engine", "--route", "explicit", "--precision", "fp16")
+    assert proc.returncode == 2 and "drop --route" in proc.stderr
 
 
 def test_missing_data_and_bad_option():

@@ -39,13 +39,44 @@ def test_changed_artifact_bytes_are_rebuilt(tiny, tmp_path):
     assert not open(again["cpu"], "rb").read().endswith(b"tampered")
 
 
-def test_cache_for_other_weights_is_refused(tiny, tmp_path):
-    engine(_opts(tiny, tmp_path))
-    cache = tmp_path / "calibration" / "tiny-resnet18.entropy.json"
-    cache = next((tmp_path / "calibration").glob("*.json")) if not cache.exists() else cache
+def _tamper(cache):
     record = json.loads(cache.read_text())
     record["key"]["model_sha256"] = "f" * 64
     cache.write_text(json.dumps(record))
+
+
+def test_given_cache_for_other_weights_is_refused(tiny, tmp_path):
+    engine(_opts(tiny, tmp_path))
+    cache = next((tmp_path / "calibration").glob("*.json"))
+    _tamper(cache)
     with pytest.raises(JetquantError, match="other weights"):
-        engine(_opts(tiny, tmp_path))
-    engine(_opts(tiny, tmp_path, recalibrate=True))
+        engine(_opts(tiny, tmp_path, calib_cache=str(cache)))
+    engine(_opts(tiny, tmp_path, calib_cache=str(cache), recalibrate=True))
+
+
+def test_own_stale_cache_is_recomputed_with_a_warning(tiny, tmp_path, caplog):
+    engine(_opts(tiny, tmp_path))
+    cache = next((tmp_path / "calibration").glob("*.json"))
+    _tamper(cache)
+    engine(_opts(tiny, tmp_path))
+    assert "made for other weights" in caplog.text and "recalibrating" in caplog.text
+    assert json.loads(cache.read_text())["key"]["model_sha256"] != "f" * 64
+
+
+def test_tensorrt_cache_given_as_calibration_cache(tiny, tmp_path):
+    arts = engine(_opts(tiny, tmp_path))["artifacts"]
+    with pytest.raises(JetquantError, match="not a jetquant calibration cache"):
+        engine(_opts(tiny, tmp_path, calib_cache=arts["cache"]))
+
+
+def test_pinning_a_middle_block_keeps_its_weights_float(tiny, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    arts = engine(_opts(tiny, tmp_path, pins=["/layer4/*"]))["artifacts"]
+    model = onnx.load(arts["qdq"])
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    pinned = [n for n in model.graph.node if n.name.startswith("/layer4/") and n.op_type == "Conv"]
+    assert pinned and all(inits[n.input[1]].dtype.name == "float16" for n in pinned)
+    with pytest.raises(JetquantError, match="nothing would be INT8"):
+        engine(_opts(tiny, tmp_path, pins=["*"]))

@@ -102,12 +102,18 @@ def test_stale_cache_is_refused(tiny, tmp_path):
     record["key"]["model_sha256"] = "0" * 64
     cache.write_text(json.dumps(record))
     with pytest.raises(JetquantError, match="other weights"):
-        calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=8)
+        calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=8,
+                  explicit=True)
     with pytest.raises(JetquantError, match="batch size"):
-        calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=4)
+        calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=4,
+                  explicit=True)
     fresh = calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=8,
-                      recalibrate=True)
+                      recalibrate=True, explicit=True)
     assert fresh["key"]["model_sha256"] != "0" * 64
+    record["key"]["batch_size"] = 99
+    cache.write_text(json.dumps(record))
+    own = calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=8)
+    assert own["key"]["batch_size"] == 8  # the pipeline's own cache is recomputed, not refused
 
 
 def test_constant_images_fail(tmp_path):

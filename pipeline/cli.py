@@ -237,8 +237,16 @@ def _options(args):
     return Options(**values)
 
 
-def _check_report_dir(path):
+def _check_report_dir(path, args=None):
+    """Refuse a report folder that is a file, and bad gate limits, before any measuring."""
     import os
+
+    if args is not None:
+        from .gates import resolve_limits
+
+        resolve_limits({"max_top1_drop": args.max_top1_drop,
+                        "max_class_recall_drop": args.max_class_recall_drop,
+                        "min_speedup": args.min_speedup}, args.gates)
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise JetquantError("--report-dir {} is a file; give a folder (it is created if "
@@ -272,11 +280,11 @@ def _dispatch(args):
     if args.command == "benchmark":
         from .benchmark import run_benchmark
 
-        _check_report_dir(args.report_dir)
+        _check_report_dir(args.report_dir, args)
         return _verdict(run_benchmark(_options(args), args))
     if args.command == "distill":
         from .distill import run_distill
 
-        _check_report_dir(args.report_dir)
+        _check_report_dir(args.report_dir, args)
         return _verdict(run_distill(_options(args), args))
     raise JetquantError("unknown command " + args.command)

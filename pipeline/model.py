@@ -141,11 +141,12 @@ def load_init_weights(model, path):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the user's file
+        import re
+
+        lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() or ["unreadable"]
         raise JetquantError(
-            "cannot read weights from {} ({}); give a safetensors file or a "
-            "PyTorch state dict saved with torch.save(model.state_dict())".format(
-                path, str(exc).splitlines()[0]
-            )
+            "cannot read weights from {} ({}); give a safetensors file or a PyTorch state dict "
+            "of tensors only, saved with torch.save(model.state_dict())".format(path, lines[0])
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

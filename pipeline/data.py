@@ -210,6 +210,9 @@ def _load_folder(root):
         files = []
         for name in sorted(os.listdir(folder)):
             full = os.path.join(folder, name)
+            if os.path.isdir(full) and not name.startswith("."):
+                log.warning("%s is a folder inside class folder %s: its images are not used "
+                            "(class folders are read one level deep)", full, label)
             if name.startswith(".") or not os.path.isfile(full):
                 continue
             if not name.lower().endswith(IMAGE_EXTENSIONS):

@@ -562,7 +562,7 @@ def plot_latency(report):
     ax.set_yticklabels(["{} ({})".format(r["name"], r["precision"].upper()) for r in timed])
     ax.invert_yaxis()
     ax.set_xlim(left=0)
-    ax.set_xlabel("batch-1 latency, ms (box: p25-p75, line: p50, whiskers: p1-p99)")
+    ax.set_xlabel("batch-1 latency, ms (box: p25-p75, line: p50, whiskers: data within p1-p99)")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 

@@ -111,3 +111,13 @@ def test_elpv_default_is_real_and_split():
     assert len(dataset.split("calib")) == 200
     assert dataset.counts("calib") == {"defective": 100, "functional": 100}
     assert len(dataset.samples) == 2624
+
+
+def test_nested_folder_in_class_folder_is_reported(class_folders, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="jetquant")
+    write_image(str(class_folders / "bad" / "more" / "x.png"), seed=999)
+    dataset = load_dataset(str(class_folders))
+    assert "not used" in caplog.text and "more" in caplog.text
+    assert not any("more" in s.rel for s in dataset.samples)

@@ -59,12 +59,11 @@ def run_benchmark(opts, args):
     Returns:
         The report dict (``report["passed"]`` is False when a gate failed).
     """
-    from .data import load_dataset
-    from .workflow import checkpoint_for, engine
+    from .workflow import engine
 
     built = engine(opts)
-    dataset = load_dataset(opts.data, allow_leakage=opts.allow_leakage, check_images=False)
-    models = cpu_models(built["artifacts"], checkpoint_for(opts, dataset))
+    dataset = built["dataset"]
+    models = cpu_models(built["artifacts"], built["checkpoint"])
     return measure(models, dataset, built["artifacts"]["fp32"], built["pinned"], args)
 
 

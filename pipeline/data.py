@@ -18,7 +18,7 @@ This module stays Python 3.6 compatible: the device-side route imports it.
 import csv
 import hashlib
 import os
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from .artifacts import sha256_file
 from .errors import JetquantError
@@ -89,6 +89,10 @@ class Dataset(object):
         for s in self.split(split):
             out[s.label] += 1
         return out
+
+    def split_digest(self, name):
+        """Content hash of one split (see :func:`samples_digest`)."""
+        return samples_digest(self.split(name))
 
     def digest(self):
         """Content hash of the whole set: every file's bytes, label and split."""
@@ -332,7 +336,3 @@ def paths(samples):
     """Return the file paths of samples."""
     return [s.path for s in samples]
 
-
-def as_list(samples) -> List[Sample]:
-    """Return samples as a plain list (helper for typing clarity)."""
-    return list(samples)

@@ -242,14 +242,12 @@ def plan_calibration(trt, caps, host, dataset, options):
 
 
 def _check_device_calibration(dataset, key, path, why, caps):
-    from .data import samples_digest
-
     if key["algorithm"] != "entropy":
         raise JetquantError("{}: {}, and on the device TensorRT calibrates only with entropy, "
                             "not {}; rerun make engine on the host with ARGS='--trt-target {}', "
                             "or use --route explicit".format(path, why, key["algorithm"],
                                                              caps.version))
-    if samples_digest(dataset.split("calib")) != key["calib_set_sha256"]:
+    if dataset.split_digest("calib") != key["calib_set_sha256"]:
         raise JetquantError("{}: {}, so the calibrator runs here, but the calib split of data set "
                             "{} differs from the calibration set the host used (content hash); "
                             "give the host's data with --data".format(path, why, dataset.name))

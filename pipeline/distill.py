@@ -44,7 +44,7 @@ def teacher_logits(teacher, dataset, spec, cache_path):
     """The teacher's FP32 logits on the train split, computed once and cached."""
     key = {
         "teacher_sha256": sha256_file(teacher),
-        "train_sha256": _train_digest(dataset),
+        "train_sha256": dataset.split_digest("train"),
         "preprocess": spec.to_dict(),
     }
     if is_fresh(cache_path, key):
@@ -61,12 +61,6 @@ def teacher_logits(teacher, dataset, spec, cache_path):
         "teacher logits on %d train images in %.0f s -> %s", len(logits), timer.elapsed, cache_path
     )
     return torch.from_numpy(logits)
-
-
-def _train_digest(dataset):
-    from .data import samples_digest
-
-    return samples_digest(dataset.split("train"))
 
 
 def distill_objective(targets, temperature=TEMPERATURE, alpha=ALPHA, recipe=None):

@@ -27,6 +27,7 @@ from .artifacts import (
 )
 from .data import check_classes, paths
 from .errors import JetquantError
+from .evaluate import INPUT, OUTPUT
 from .log import Timer, get_logger
 from .model import load_checkpoint
 from .preprocess import load_batch
@@ -34,8 +35,6 @@ from .preprocess import load_batch
 log = get_logger("export")
 
 OPSET = 13
-INPUT = "input"
-OUTPUT = "logits"
 
 
 def export(checkpoint, out_path, dataset, opset=OPSET, batch_size=32):
@@ -59,7 +58,7 @@ def export(checkpoint, out_path, dataset, opset=OPSET, batch_size=32):
         "checkpoint_sha256": sha256_file(checkpoint),
         "opset": opset,
         "torch": torch.__version__,
-        "eval_sha256": _eval_digest(dataset),
+        "eval_sha256": dataset.split_digest("eval"),
     }
     if is_fresh(out_path, key):
         record = read_json(sidecar_path(out_path), "export sidecar")
@@ -96,12 +95,6 @@ def export(checkpoint, out_path, dataset, opset=OPSET, batch_size=32):
         "opset": opset,
     }
     return dict(write_sidecar(out_path, key, extra), **extra)
-
-
-def _eval_digest(dataset):
-    from .data import samples_digest
-
-    return samples_digest(dataset.split("eval"))
 
 
 def _to_onnx(ckpt, opset):

@@ -11,7 +11,7 @@ import onnx
 from .artifacts import atomic_write_json, describe, read_json, sha256_file
 from .build import DEFAULT_TRT_TARGET, build_int8_artifacts, tensorrt_available
 from .calibrate import calibrate
-from .data import load_dataset, samples_digest
+from .data import load_dataset
 from .errors import JetquantError
 from .log import get_logger
 from .pins import resolve
@@ -171,6 +171,8 @@ def engine(opts, until="engine"):
         "pinned": pinned,
         "stem": name,
         "tensorrt": trt,
+        "dataset": dataset,
+        "checkpoint": checkpoint,
     }
 
 
@@ -180,7 +182,7 @@ def _accuracies(artifacts, dataset, spec, record, engines_dir, name):
 
     cache_path = os.path.join(engines_dir, name + ".accuracy.json")
     cached = read_json(cache_path, "accuracy cache") if os.path.isfile(cache_path) else {}
-    eval_hash = samples_digest(dataset.split("eval"))
+    eval_hash = dataset.split_digest("eval")
     out, arrays = {}, None
     for kind in ("fp32", "qdq", "cpu"):
         key = sha256_file(artifacts[kind]) + ":" + eval_hash

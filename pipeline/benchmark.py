@@ -3,8 +3,9 @@
 Each model is measured in its own worker process (``python -m
 pipeline.benchmark WORKER.json``) on the same preprocessed eval images, so one
 model's memory and threads do not disturb the next, and its peak RSS is its
-own. Batch-1 latency comes from ``iterations`` timed runs after ``warmup``
-untimed ones, cycling through the eval images; throughput from a sweep of
+own. Batch-1 latency comes from ``iterations`` timed runs, cycling through the
+eval images, split over ``rounds`` interleaved rounds (every model once per
+round, each worker after ``warmup`` untimed runs); throughput from a sweep of
 batch sizes. Every result names the backend and device that produced it.
 """
 
@@ -96,39 +97,27 @@ def measure(models, dataset, fp32_path, pinned, args, comparisons=None, extra_ga
         },
         args.gates,
     )
-    host = dict(describe_host(), versions=versions())
+    host = dict(describe_host(), versions=versions(), onnxruntime_session=session_settings())
     device = _device_label(host)
     with tempfile.TemporaryDirectory(prefix="jetquant-bench-") as tmp:
         images, labels = eval_arrays(dataset, spec)
         np.save(os.path.join(tmp, "images.npy"), images)
         del images
-        results = []
-        for name, precision, role, kind, path in models:
-            job = {
-                "kind": kind,
-                "path": str(path),
-                "images": os.path.join(tmp, "images.npy"),
-                "out": os.path.join(tmp, name),
-                "iterations": args.iterations,
-                "warmup": args.warmup,
-                "batches": batches if role != "accuracy-only" else [],
-                "latency": role != "accuracy-only",
-                "threads": os.cpu_count() or 1,
-            }
-            measured = _run_worker(job, name)
-            results.append(
-                dict(
-                    measured,
-                    name=name,
-                    precision=precision,
-                    role=role,
-                    model_path=str(path),
-                    sha256=sha256_file(path),
-                    size_bytes=os.path.getsize(str(path)),
-                    device=device,
-                    pinned_layers=sidecar_pins(path),
-                )
+        measured = _measure_in_rounds(models, tmp, args, batches)
+        results = [
+            dict(
+                measured[name],
+                name=name,
+                precision=precision,
+                role=role,
+                model_path=str(path),
+                sha256=sha256_file(path),
+                size_bytes=os.path.getsize(str(path)),
+                device=device,
+                pinned_layers=sidecar_pins(path),
             )
+            for name, precision, role, kind, path in models
+        ]
     report = assemble(results, labels, dataset, host, device, pinned)
     report["comparisons"] = [compare_pair(report, labels, *c) for c in comparisons or []]
     report["gates"] = gates.evaluate(report, limits) + (extra_gates(report) if extra_gates else [])
@@ -141,6 +130,51 @@ def measure(models, dataset, fp32_path, pinned, args, comparisons=None, extra_ga
                 "gate %s failed: %s (limit %s)", gate["name"], gate.get("detail"), gate["limit"]
             )
     return report
+
+
+def _measure_in_rounds(models, tmp, args, batches):
+    """Time every model in ``args.rounds`` interleaved rounds; return {name: worker result}.
+
+    Round r runs each model's worker in turn with its share of ``args.iterations``,
+    so a slow drift of the machine (another tenant, thermal state) falls on every
+    model alike instead of on whichever was measured last. Logits, throughput
+    and the accuracy-only models are measured once, in the first round.
+    """
+    rounds = max(1, min(args.rounds, args.iterations))
+    shares = [args.iterations // rounds + (r < args.iterations % rounds) for r in range(rounds)]
+    parts = {name: [] for name, *_ in models}
+    for r, share in enumerate(shares):
+        for name, _, role, kind, path in models:
+            timed = role != "accuracy-only"
+            if r and not timed:
+                continue
+            job = {
+                "kind": kind,
+                "path": str(path),
+                "images": os.path.join(tmp, "images.npy"),
+                "out": os.path.join(tmp, "{}.round{}".format(name, r)),
+                "iterations": share,
+                "warmup": args.warmup,
+                "batches": batches if timed and r == 0 else [],
+                "latency": timed,
+                "logits": r == 0,
+                "threads": os.cpu_count() or 1,
+            }
+            parts[name].append(_run_worker(job, "{} (round {}/{})".format(name, r + 1, rounds)))
+    return {name: _merge_rounds(found) for name, found in parts.items()}
+
+
+def _merge_rounds(parts):
+    """One result from a model's rounds: all latency samples pooled, the rest from round 1."""
+    from . import stats
+
+    merged = dict(parts[0])
+    merged["peak_rss_bytes"] = max(p["peak_rss_bytes"] for p in parts)
+    if merged["latency_ms"] is not None:
+        samples = [x for p in parts for x in p["latency_ms"]["samples"]]
+        summary = stats.latency_summary(samples)
+        merged["latency_ms"] = dict(summary, samples=samples, rounds=len(parts))
+    return merged
 
 
 def _warn_noisy(report):
@@ -201,6 +235,18 @@ def versions():
     }
 
 
+def session_settings():
+    """How every ONNX Runtime session that produced figures was configured."""
+    from .evaluate import DISABLED_OPTIMIZERS
+
+    return {
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "disabled_optimizers": list(DISABLED_OPTIMIZERS),
+        "intra_op_threads": os.cpu_count() or 1,
+        "execution_mode": "ORT_SEQUENTIAL",
+    }
+
+
 def _run_worker(job, name):
     job_path = job["out"] + ".job.json"
     with open(job_path, "w") as handle:
@@ -219,7 +265,8 @@ def _run_worker(job, name):
         )
     with open(job["out"] + ".result.json") as handle:
         result = json.load(handle)
-    result["logits"] = np.load(job["out"] + ".logits.npy")
+    if job["logits"]:
+        result["logits"] = np.load(job["out"] + ".logits.npy")
     log.info("%s done in %.0f s", name, time.perf_counter() - started)
     return result
 
@@ -249,7 +296,8 @@ def _worker(job_path):
         samples = _latency(run, images, job["warmup"], job["iterations"])
         result["latency_ms"] = dict(stats.latency_summary(samples), samples=samples)
         result["throughput"] = {str(b): _throughput(run, images, b) for b in job["batches"]}
-    np.save(job["out"] + ".logits.npy", logits_of(run, images))
+    if job["logits"]:
+        np.save(job["out"] + ".logits.npy", logits_of(run, images))
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with open(job["out"] + ".result.json", "w") as handle:
         json.dump(result, handle)

@@ -141,7 +141,10 @@ def _benchmark_args(parser):
     parser.add_argument("--iterations", type=positive_int, default=200,
                         help="timed batch-1 runs per model (default 200)")
     parser.add_argument("--warmup", type=non_negative_int, default=20,
-                        help="untimed runs first (default 20)")
+                        help="untimed runs first, in every round (default 20)")
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="interleaved rounds the timed runs are split over, every model "
+                        "once per round (default 3)")
     parser.add_argument("--batches", type=batch_list, default=[1, 8, 32],
                         help="throughput batch sizes (default 1,8,32)")
     parser.add_argument("--gates", help="JSON or TOML file of gate limits")
@@ -188,12 +191,14 @@ def get_parser():
     distill.add_argument(
         "--student", default="resnet18", choices=["resnet18", "resnet34", "mobilenet_v3_large"]
     )
-    distill.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T")
+    distill.add_argument(
+        "--temperature", type=float, default=2.0, help="softmax temperature T (default 2)"
+    )
     distill.add_argument(
         "--alpha",
         type=float,
-        default=0.7,
-        help="weight of the distillation term (1 - alpha on the labels)",
+        default=0.5,
+        help="weight of the distillation term (1 - alpha on the labels; default 0.5)",
     )
     return parser
 

@@ -25,7 +25,8 @@ report.json, schema 1. Fractions are in [0, 1]; the report shows them as % / poi
  "schema": 1, "created": ISO-8601 UTC, "tool": {"name": "jetquant", "version": str},
  "backend": str,            main backend, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
  "device": str,             e.g. "AMD EPYC 9xxx, 2 cores (avx512_vnni)"
- "environment": {str: value}, python/onnxruntime/torch/tensorrt/jetpack/l4t/power_mode/cpu_flags
+ "environment": {str: value}, python/onnxruntime/torch/tensorrt/jetpack/l4t/power_mode/cpu_flags,
+                            onnxruntime_session (graph optimisations, disabled passes, threads)
  "dataset": {"name", "source", "sha256", "split", "images", "classes": [str]},
  "baseline": str,           name of the FP32 baseline result
  "results": [{
@@ -33,7 +34,8 @@ report.json, schema 1. Fractions are in [0, 1]; the report shows them as % / poi
    "role": "baseline"|"candidate"|"reference"|"accuracy-only",
    "model_path": str, "sha256": str, "size_bytes": int, "size_ratio": float (to FP32),
    "pinned_layers": [str],
-   "latency_ms": null | {"min","mean","p50","p90","p99","std","cv","n","samples": [ms]},
+   "latency_ms": null | {"min","mean","p50","p90","p99","std","cv","n","samples": [ms],
+                         "rounds" (interleaved rounds the samples were pooled from; CPU)},
    "latency_split_ms": null | {"copy_in","compute","copy_out"},          (TensorRT only)
    "throughput": null | {"<batch>": images per second},
    "peak_rss_bytes": int | null,

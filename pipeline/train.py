@@ -70,11 +70,23 @@ def load_split(dataset, split, spec):
     return images, labels
 
 
+VIEWS = ("none", "hflip", "vflip", "hflip+vflip")
+
+
 def random_flips(images, generator):
-    """Flip each image horizontally and/or vertically with probability 1/2 each."""
+    """Flip each image horizontally and/or vertically with probability 1/2 each.
+
+    Returns:
+        (flipped images, view index per image: 0 none, 1 hflip, 2 vflip, 3 both; see VIEWS).
+    """
     n = images.shape[0]
     hflip = torch.rand(n, generator=generator) < 0.5
     vflip = torch.rand(n, generator=generator) < 0.5
+    return flip_view(images, hflip, vflip), hflip.long() + 2 * vflip.long()
+
+
+def flip_view(images, hflip, vflip):
+    """A copy of ``images`` with the images selected by the boolean masks flipped."""
     images = images.clone()
     images[hflip] = images[hflip].flip(-1)
     images[vflip] = images[vflip].flip(-2)
@@ -104,7 +116,7 @@ def label_objective(recipe):
     """Cross-entropy on the labels (with the recipe's label smoothing)."""
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
-    def objective(logits, batch, labels):
+    def objective(logits, batch, labels, views):
         return loss_fn(logits, labels)
 
     return objective
@@ -129,7 +141,8 @@ def train(
         recipe: a :class:`Recipe`; defaults if None.
         init: optional weights to fine-tune from (safetensors or PyTorch state dict).
         spec: the :class:`Preprocess` to train with (stored in the checkpoint).
-        objective: ``f(logits, batch_indices, labels) -> loss``; cross-entropy if None
+        objective: ``f(logits, batch_indices, labels, views) -> loss``, ``views`` being
+            each image's flip (an index into ``VIEWS``); cross-entropy if None
             (:mod:`pipeline.distill` passes the distillation loss).
         extra_meta: more metadata to store in the checkpoint.
 
@@ -215,9 +228,9 @@ def _fit(model, recipe, bf16, device, objective, train_x, train_y, eval_x, eval_
         model.train()
         total, seen = 0.0, 0
         for batch in _progress(order.split(recipe.batch_size), steps, epoch, recipe.epochs):
-            images = random_flips(train_x[batch], generator).to(device)
+            images, views = random_flips(train_x[batch], generator)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                loss = objective(model(images), batch, train_y[batch].to(device))
+                loss = objective(model(images.to(device)), batch, train_y[batch].to(device), views)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

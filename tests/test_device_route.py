@@ -1,12 +1,13 @@
 """pipeline.device_route against a TensorRT stand-in, on a tiny synthetic data set.
 
-The stand-in (:func:`stand_in_tensorrt`, :class:`StandInCuda`) is not TensorRT:
-it parses nothing, runs no kernel, and keeps "device memory" in host arrays.
-It has the names and behaviour the route relies on (builder flags, per-layer
-precision, the entropy calibrator's callbacks, a DETAILED inspector JSON, the
-tensor-name IO API of 10.x), and its "engines" compute logits from the input
-image's channel means, so accuracy figures are meaningful numbers. It labels
-itself (``JETQUANT_STAND_IN``) and the route must say so in every report.
+The stand-in (:func:`stand_in_tensorrt` over ``tests/standins.py``, and its
+:class:`StandInCuda`) is not TensorRT: it parses nothing, runs no kernel, and
+keeps "device memory" in host arrays. It has the names and behaviour the route
+relies on (builder flags, per-layer precision, the entropy calibrator's
+callbacks, a DETAILED inspector JSON, the tensor-name IO API of 10.x), and its
+"engines" compute logits from the input image's channel means, so accuracy
+figures are meaningful numbers. It labels itself (``JETQUANT_STAND_IN``) and the
+route must say so in every report.
 
 The host artifacts are small files with sidecars in the layout ``make engine``
 writes; the data set is three colour classes of 9 images each.
@@ -22,8 +23,10 @@ import types
 
 import numpy as np
 import pytest
+import standins
 from conftest import IMPORT_BLOCKER
 from PIL import Image
+from standins import StandInCuda
 
 from pipeline import device_route, trt_adapter, trt_runtime
 from pipeline.artifacts import sha256_file, write_sidecar
@@ -38,258 +41,12 @@ CLASSES = ("blue", "green", "red")
 SPEC = Preprocess(resize=16, crop=16)
 STEM = "colours-resnet50"
 PINNED = ["/conv1/Conv"]
-FORMATS = {"INT8": "Thirty-two wide channel vectorized row major Int8 format.",
-           "FP16": "Row major linear FP16 format", "FP32": "Row major linear FP32 format"}
-STAND_IN_LABEL = "tests/test_device_route.py stand-in for TensorRT; not TensorRT"
 
 
-# ---- the stand-in ------------------------------------------------------------------------------
-
-
-class StandInCuda(object):
-    """Stand-in CUDA wrapper: device memory is host arrays, events read the host clock."""
-
-    name = "stand-in CUDA (host memory)"
-
-    def __init__(self, device="Stand-in GPU (not a GPU)"):
-        self.memory, self.next_ptr, self.device = {}, 4096, device
-
-    def malloc(self, nbytes):
-        self.next_ptr += nbytes + 256
-        self.memory[self.next_ptr] = np.zeros(nbytes, dtype=np.uint8)
-        return self.next_ptr
-
-    def free(self, ptr):
-        del self.memory[ptr]
-
-    def to_device(self, ptr, array, stream):
-        raw = np.ascontiguousarray(array).view(np.uint8).ravel()
-        self.memory[ptr][:raw.size] = raw
-
-    def to_host(self, array, ptr, stream):
-        array.view(np.uint8).reshape(-1)[:] = self.memory[ptr][:array.nbytes]
-
-    def stream(self):
-        return "stream"
-
-    def handle(self, stream):
-        return 0
-
-    def sync(self, stream):
-        pass
-
-    def event(self):
-        return {}
-
-    def record(self, event, stream):
-        event["t"] = time.perf_counter()
-
-    def elapsed_ms(self, start, end):
-        return (end["t"] - start["t"]) * 1000.0
-
-    def device_name(self):
-        return self.device
-
-
-class _Tensor(object):
-    def __init__(self, name, shape=None):
-        self.name, self.shape = name, shape
-
-
-class _Layer(object):
-    def __init__(self, name, kind, inputs, outputs):
-        self.name, self.type, self.precision = name, kind, None
-        self._in, self._out = [_Tensor(n) for n in inputs], [_Tensor(n) for n in outputs]
-        self.num_inputs, self.num_outputs = len(inputs), len(outputs)
-
-    def get_input(self, index):
-        return self._in[index]
-
-    def get_output(self, index):
-        return self._out[index]
-
-    def set_output_type(self, index, dtype):
-        self.output_type = dtype
-
-
-class _Network(object):
-    def __init__(self, strongly_typed):
-        self.strongly_typed, self.layers, self.qdq = strongly_typed, [], False
-        self.num_layers, self.num_inputs, self.inputs = 0, 0, []
-
-    def get_layer(self, index):
-        return self.layers[index]
-
-    def get_input(self, index):
-        return self.inputs[index]
-
-
-class _Config(object):
-    def __init__(self):
-        self.flags, self.int8_calibrator, self.profiles = set(), None, []
-        self.profiling_verbosity = None
-
-    def set_flag(self, flag):
-        self.flags.add(flag)
-
-    def set_memory_pool_limit(self, pool, nbytes):
-        self.workspace = nbytes
-
-    def add_optimization_profile(self, profile):
-        self.profiles.append(profile)
-
-    def set_calibration_profile(self, profile):
-        self.calibration_profile = profile
-
-
-def stand_in_tensorrt(cuda, fast_int8=True, version="10.3.0.30"):
-    """A stand-in for the tensorrt module (10.x names); "engines" are JSON plans it can run."""
-    kinds = types.SimpleNamespace(CONVOLUTION="conv", IDENTITY="identity", QUANTIZE="q",
-                                  DEQUANTIZE="dq", CAST="cast", ACTIVATION="act", MATMUL="mm")
-    served, classes = [], len(CLASSES)
-
-    class Builder(object):
-        platform_has_fast_int8 = fast_int8
-
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            return _Network(bool(flags & (1 << 5)))
-
-        def create_builder_config(self):
-            return _Config()
-
-        def create_optimization_profile(self):
-            return types.SimpleNamespace(set_shape=lambda name, low, opt, high: None)
-
-        def build_serialized_network(self, network, config):
-            calibrator = config.int8_calibrator
-            if calibrator is not None and calibrator.read_calibration_cache() is None:
-                while calibrator.get_batch(["input"]) is not None:
-                    served.append(calibrator.get_batch_size())
-                header = trt_adapter.calibration_cache_header(version)
-                calibrator.write_calibration_cache((header + "\ninput: 3c010a14\n").encode())
-            return json.dumps(_plan(network, config)).encode()
-
-    def _plan(network, config):
-        if network.strongly_typed:
-            precision = "INT8" if network.qdq else "FP32"
-        else:
-            precision = "INT8" if "int8" in config.flags else \
-                "FP16" if "fp16" in config.flags else "FP32"
-        casts = set(x.get_output(0).name for x in network.layers if x.type == kinds.CAST)
-        layers = []
-        for x in network.layers:
-            half = x.precision == "half" or (network.strongly_typed and x.get_input(0).name
-                                             in casts)
-            if x.type == kinds.CONVOLUTION:
-                layers.append([x.name, "FP16" if half else precision])
-        return {"precision": precision, "layers": layers}
-
-    class OnnxParser(object):
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            self.network = network
-
-        def parse(self, data):
-            qdq = b"qdq" in data
-            first = "/conv1/Cast_out" if qdq else "input"
-            layers = [_Layer("/conv1/Cast", kinds.CAST, ["input"], [first])] if qdq else []
-            layers += [_Layer("/conv1/Conv", kinds.CONVOLUTION, [first], ["c1"]),
-                       _Layer("/relu/Relu", kinds.ACTIVATION, ["c1"], ["r1"]),
-                       _Layer("/layer1/layer1.0/conv1/Conv", kinds.CONVOLUTION, ["r1"], ["l1"]),
-                       _Layer("/fc/Gemm", kinds.MATMUL, ["l1"], ["logits"])]
-            net = self.network
-            net.layers, net.num_layers, net.qdq = layers, len(layers), qdq
-            net.inputs, net.num_inputs = [_Tensor("input", (-1, 3, SPEC.crop, SPEC.crop))], 1
-            return True
-
-    class Engine(object):
-        num_io_tensors = 2
-
-        def __init__(self, plan):
-            self.plan = plan
-
-        def get_tensor_name(self, index):
-            return ["input", "logits"][index]
-
-        def get_tensor_mode(self, name):
-            return "in" if name == "input" else "out"
-
-        def get_tensor_shape(self, name):
-            return (-1, 3, SPEC.crop, SPEC.crop) if name == "input" else (-1, classes)
-
-        def get_tensor_dtype(self, name):
-            return "float32"
-
-        def create_execution_context(self):
-            return Context(self.plan)
-
-        def create_engine_inspector(self):
-            records = [{"Name": name, "LayerType": "CaskConvolution",
-                        "Inputs": [{"Name": "in", "Format/Datatype": FORMATS[ran]}],
-                        "Outputs": [{"Name": "out", "Format/Datatype": FORMATS[ran]}]}
-                       for name, ran in self.plan["layers"]]
-            text = json.dumps({"Layers": records, "Bindings": ["input", "logits"]})
-            return types.SimpleNamespace(execution_context=None,
-                                         get_engine_information=lambda fmt: text)
-
-    class Context(object):
-        def __init__(self, plan):
-            self.plan, self.addresses, self.shape = plan, {}, None
-
-        def set_input_shape(self, name, shape):
-            self.shape = tuple(shape)
-            return 1 <= shape[0] <= 32
-
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
-
-        def execute_async_v3(self, stream):
-            count = int(np.prod(self.shape))
-            raw = cuda.memory[self.addresses["input"]][:count * 4]
-            means = raw.view(np.float32).reshape(self.shape).mean(axis=(2, 3))
-            logits = np.ascontiguousarray(means[:, ::-1][:, :classes], dtype=np.float32)
-            if self.plan["precision"] == "FP16":
-                logits = logits.astype(np.float16).astype(np.float32)
-            if self.plan["precision"] == "INT8":
-                logits = (np.round(logits * 8.0) / 8.0).astype(np.float32)
-            cuda.memory[self.addresses["logits"]][:logits.nbytes] = logits.view(np.uint8).ravel()
-            return True
-
-    class Runtime(object):
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            try:
-                return Engine(json.loads(bytes(data).decode()))
-            except ValueError:
-                return None
-
-    class CalibratorBase(object):
-        def __init__(self):
-            pass
-
-    names = types.SimpleNamespace
-    return types.SimpleNamespace(
-        JETQUANT_STAND_IN=STAND_IN_LABEL, __version__=version, float16="half",
-        nptype=lambda dtype: np.float32, served=served,
-        Logger=type("Logger", (object,), {"VERBOSE": 0, "WARNING": 2,
-                                          "__init__": lambda self, severity: None}),
-        Builder=Builder, OnnxParser=OnnxParser, Runtime=Runtime,
-        IInt8EntropyCalibrator2=CalibratorBase, LayerType=kinds,
-        NetworkDefinitionCreationFlag=names(EXPLICIT_BATCH=0, STRONGLY_TYPED=5),
-        BuilderFlag=names(FP16="fp16", INT8="int8", OBEY_PRECISION_CONSTRAINTS="obey"),
-        MemoryPoolType=names(WORKSPACE="ws"), ProfilingVerbosity=names(DETAILED="detailed"),
-        LayerInformationFormat=names(JSON="json"), TensorIOMode=names(INPUT="in", OUTPUT="out"),
-        ILayer=names(precision=1, set_output_type=1),
-        IBuilderConfig=names(set_memory_pool_limit=1, int8_calibrator=1,
-                             set_calibration_profile=1),
-        ICudaEngine=names(num_io_tensors=1),
-        IExecutionContext=names(set_input_shape=1, set_tensor_address=1, execute_async_v3=1))
+def stand_in_tensorrt(cuda, **changes):
+    """tests/standins.py's TensorRT stand-in (not TensorRT) sized for the colour data set."""
+    return standins.stand_in_tensorrt(cuda, input_shape=(-1, 3, SPEC.crop, SPEC.crop),
+                                      classes=len(CLASSES), **changes)
 
 
 # ---- a tiny data set and the host's artifacts ----------------------------------------------
@@ -359,7 +116,7 @@ def test_route_writes_a_valid_report_of_trt_results_labelled_stand_in(site):
     assert [r["name"] for r in saved["results"]] == ["fp32-trt", "fp16-trt", "int8-trt"]
     assert [r["role"] for r in saved["results"]] == ["baseline", "reference", "candidate"]
     assert saved["baseline"] == "fp32-trt" and saved["route"] == "implicit"
-    assert saved["backend"] == "TensorRT stand-in: " + STAND_IN_LABEL
+    assert saved["backend"] == "TensorRT stand-in: " + standins.LABEL
     assert "not TensorRT figures" in banner(saved)
     assert "stand-in" in (site.tmp / "reports" / "report.md").read_text()
     assert saved["environment"]["versions"]["tensorrt"] == "10.3.0.30 (stand-in)"

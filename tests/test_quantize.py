@@ -95,3 +95,30 @@ def test_trt_cache_format(artifacts):
     assert scale == pytest.approx(ranges[name]["amax"] / 127, rel=1e-6)
     assert parsed[name] == pytest.approx(ranges[name]["amax"], rel=1e-6)
     assert trt_cache_text(ranges, "10.3.0").startswith("TRT-100300-EntropyCalibration2\n")
+
+
+def test_cpu_session_keeps_the_stem_pool_fp32_with_identical_logits(tiny, artifacts, tmp_path):
+    import onnxruntime as ort
+
+    from pipeline.evaluate import DISABLED_OPTIMIZERS, ort_session
+
+    def optimized_pool_input_type(**kwargs):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        session = ort.InferenceSession(
+            artifacts["cpu"], options, providers=["CPUExecutionProvider"], **kwargs
+        )
+        graph = onnx.load(str(tmp_path / "opt.onnx")).graph
+        producer = {o: n for n in graph.node for o in n.output}
+        pool = next(n for n in graph.node if n.op_type == "MaxPool")
+        return session, producer[pool.input[0]].op_type
+
+    default, feeds_pool = optimized_pool_input_type()
+    assert feeds_pool == "QuantizeLinear"  # ONNX Runtime's default: a uint8 pool
+    _, feeds_pool = optimized_pool_input_type(disabled_optimizers=DISABLED_OPTIMIZERS)
+    assert feeds_pool != "QuantizeLinear"  # ours: the pool stays in the FP32 stem
+    images = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    ours = ort_session(artifacts["cpu"]).run(None, {"input": images})[0]
+    theirs = default.run(None, {"input": images})[0]
+    assert np.array_equal(ours, theirs)

@@ -1,7 +1,8 @@
 """pipeline.trt_build without TensorRT: naming, precision and route rules, pins, verification.
 
-FakeNetwork / FakeLayer / FakeTensor stand in for TensorRT's network definition
-(names, layer types and tensor wiring only); they are not TensorRT.
+The network definition, builder, parser and engines are the stand-ins of
+``tests/standins.py`` (StandInNetwork, StandInLayer, :func:`stand_in_tensorrt`);
+they are not TensorRT.
 
 The inspector JSON samples follow the engine inspector's documented kDETAILED
 layout (TensorRT Developer Guide, "Engine Inspector": a "Layers" list of objects
@@ -16,68 +17,43 @@ import logging
 import os
 import types
 
-import numpy as np
 import pytest
+from standins import (
+    FORMATS,
+    LAYER_TYPES,
+    StandInLayer,
+    StandInNetwork,
+    StandInTensor,
+    stand_in_module,
+    stand_in_tensorrt,
+)
+from standins import inspector_data as inspector
+from standins import inspector_layer as layer
 
 from pipeline import trt_build as build
 from pipeline.artifacts import is_fresh, write_sidecar
 from pipeline.errors import JetquantError
 from pipeline.preprocess import Preprocess
 
-LAYER_TYPES = types.SimpleNamespace(CONVOLUTION="conv", IDENTITY="identity",
-                                    QUANTIZE="quantize", DEQUANTIZE="dequantize", CAST="cast",
-                                    ACTIVATION="act", CONSTANT="const", ELEMENTWISE="add")
-TRT = types.SimpleNamespace(__version__="10.3.0", LayerType=LAYER_TYPES)
+TRT = stand_in_module("10.3.0", LayerType=vars(LAYER_TYPES))
 
 
-class FakeTensor(object):
-    def __init__(self, name):
-        self.name = name
-
-
-class FakeLayer(object):
-    def __init__(self, name, kind, inputs, outputs):
-        self.name = name
-        self.type = kind
-        self._inputs = [FakeTensor(n) for n in inputs]
-        self._outputs = [FakeTensor(n) for n in outputs]
-        self.num_inputs = len(inputs)
-        self.num_outputs = len(outputs)
-
-    def get_input(self, index):
-        return self._inputs[index]
-
-    def get_output(self, index):
-        return self._outputs[index]
-
-
-class FakeNetwork(object):
-    """Stand-in for INetworkDefinition: layers in order, one named input."""
-
-    def __init__(self, layers, inputs=("input",)):
-        self.layers = layers
-        self.inputs = [FakeTensor(n) for n in inputs]
-        self.num_layers = len(layers)
-        self.num_inputs = len(self.inputs)
-
-    def get_layer(self, index):
-        return self.layers[index]
-
-    def get_input(self, index):
-        return self.inputs[index]
+def network(layers):
+    """A stand-in network definition (not TensorRT) of ``layers`` fed by one tensor ``input``."""
+    return StandInNetwork(layers, [StandInTensor("input")])
 
 
 def resnet_like():
     """A constant-fed conv first in order, then cast -> stem conv, then two blocks."""
     t = LAYER_TYPES
-    return FakeNetwork([
-        FakeLayer("/aux/Conv", t.CONVOLUTION, ["aux_const"], ["aux"]),
-        FakeLayer("/Cast", t.CAST, ["input"], ["input_fp16"]),
-        FakeLayer("/conv1/Conv", t.CONVOLUTION, ["input_fp16"], ["c1"]),
-        FakeLayer("/relu/Relu", t.ACTIVATION, ["c1"], ["r1"]),
-        FakeLayer("/layer1/layer1.0/conv1/Conv", t.CONVOLUTION, ["r1"], ["l1c1"]),
-        FakeLayer("/layer1/layer1.0/conv2/Conv", t.CONVOLUTION, ["l1c1"], ["l1c2"]),
-        FakeLayer("/layer2/layer2.0/conv1/Conv", t.CONVOLUTION, ["l1c2"], ["l2c1"]),
+    return network([
+        StandInLayer("/aux/Conv", t.CONVOLUTION, ["aux_const"], ["aux"]),
+        StandInLayer("/Cast", t.CAST, ["input"], ["input_fp16"]),
+        StandInLayer("/conv1/Conv", t.CONVOLUTION, ["input_fp16"], ["c1"]),
+        StandInLayer("/relu/Relu", t.ACTIVATION, ["c1"], ["r1"]),
+        StandInLayer("/layer1/layer1.0/conv1/Conv", t.CONVOLUTION, ["r1"], ["l1c1"]),
+        StandInLayer("/layer1/layer1.0/conv2/Conv", t.CONVOLUTION, ["l1c1"], ["l1c2"]),
+        StandInLayer("/layer2/layer2.0/conv1/Conv", t.CONVOLUTION, ["l1c2"], ["l2c1"]),
     ])
 
 
@@ -86,7 +62,7 @@ def test_default_pin_is_the_first_conv_fed_by_the_input():
 
 
 def test_no_conv_fed_by_the_input_is_an_error():
-    net = FakeNetwork([FakeLayer("/fc/Gemm", LAYER_TYPES.ELEMENTWISE, ["input"], ["out"])])
+    net = network([StandInLayer("/fc/Gemm", LAYER_TYPES.ELEMENTWISE, ["input"], ["out"])])
     with pytest.raises(JetquantError, match="no convolution is fed by the network input"):
         build.first_input_conv(TRT, net)
 
@@ -210,19 +186,7 @@ def test_bad_batch_profile_is_refused():
         build._check_request(request(opt_batch=64))
 
 
-INT8_FMT = "Thirty-two wide channel vectorized row major Int8 format."
-FP16_FMT = "Row major linear FP16 format"
-FP32_FMT = "Row major linear FP32 format"
-
-
-def layer(name, inputs, outputs, kind="CaskConvolution"):
-    return {"Name": name, "LayerType": kind,
-            "Inputs": [{"Name": "in", "Format/Datatype": f} for f in inputs],
-            "Outputs": [{"Name": "out", "Format/Datatype": f} for f in outputs]}
-
-
-def inspector(*layers):
-    return {"Layers": list(layers), "Bindings": ["input", "logits"]}
+INT8_FMT, FP16_FMT, FP32_FMT = FORMATS["INT8"], FORMATS["FP16"], FORMATS["FP32"]
 
 
 GOOD = inspector(
@@ -280,141 +244,17 @@ def test_tensor_format_strings(fmt, precision):
     assert build.tensor_precision(fmt) == precision
 
 
-# --- whole builds against a stand-in TensorRT 10.3 (FakeTensorRT is not TensorRT) -------------
-
-class Flag(object):
-    def __init__(self, value):
-        self.value = value
-
-    def __int__(self):
-        return self.value
+# --- whole builds against a stand-in TensorRT 10.3 (tests/standins.py; not TensorRT) ----------
 
 
-class StandInCalibratorBase(object):
-    def __init__(self):
-        pass
+def resnet_tensorrt(served=None, honour_pins=True):
+    """The 10.3 TensorRT stand-in (not TensorRT) parsing every ONNX into :func:`resnet_like`.
 
-
-class FakeShapedTensor(FakeTensor):
-    shape = (-1, 3, 16, 16)
-
-
-class FakeBuildLayer(FakeLayer):
-    def __init__(self, *args):
-        FakeLayer.__init__(self, *args)
-        self.precision = None
-
-    def set_output_type(self, index, dtype):
-        self.output_type = dtype
-
-
-class FakeBuilder(object):
-    platform_has_fast_int8 = True
-    honour_pins = True
-    calibration_batches = []
-
-    def __init__(self, logger):
-        self.flags = []
-
-    def create_network(self, flags):
-        network = FakeNetwork([], inputs=())
-        network.strongly_typed = bool(flags & (1 << 5))
-        return network
-
-    def create_builder_config(self):
-        return types.SimpleNamespace(flags=[], int8_calibrator=None, profiles=[],
-                                     set_flag=lambda f: None,
-                                     set_memory_pool_limit=lambda pool, n: None,
-                                     add_optimization_profile=lambda p: None,
-                                     set_calibration_profile=lambda p: None)
-
-    def create_optimization_profile(self):
-        return types.SimpleNamespace(set_shape=lambda name, lo, opt, hi: None)
-
-    def build_serialized_network(self, network, config):
-        calibrator = config.int8_calibrator
-        if calibrator is not None and calibrator.read_calibration_cache() is None:
-            while calibrator.get_batch(["input"]) is not None:
-                FakeBuilder.calibration_batches.append(calibrator.get_batch_size())
-            calibrator.write_calibration_cache(b"TRT-100300-EntropyCalibration2\ninput: 3c\n")
-        casts = {x._outputs[0].name for x in network.layers if x.type == LAYER_TYPES.CAST}
-        FakeEngine.layers = []
-        for x in network.layers:
-            if x.type == LAYER_TYPES.CONVOLUTION:
-                # Weak typing: the pin's precision; strong typing: the graph's Cast to FP16.
-                half = x.precision == "half" or (network.strongly_typed and
-                                                 x._inputs[0].name in casts)
-                FakeEngine.layers.append((x.name, "half" if half and self.honour_pins else None))
-        return b"serialized plan"
-
-
-class FakeParser(object):
-    def __init__(self, network, logger):
-        self.network = network
-        self.num_errors = 0
-
-    def parse(self, data):
-        net = resnet_like()
-        self.network.layers = [FakeBuildLayer(x.name, x.type, [t.name for t in x._inputs],
-                                              [t.name for t in x._outputs]) for x in net.layers]
-        self.network.num_layers = len(self.network.layers)
-        self.network.inputs = [FakeShapedTensor("input")]
-        self.network.num_inputs = 1
-        return True
-
-
-class FakeEngine(object):
-    layers = []
-    num_io_tensors = 2
-
-    def get_tensor_name(self, index):
-        return ["input", "logits"][index]
-
-    def get_tensor_mode(self, name):
-        return "in" if name == "input" else "out"
-
-    def get_tensor_shape(self, name):
-        return (-1, 3, 16, 16) if name == "input" else (-1, 6)
-
-    def get_tensor_dtype(self, name):
-        return "f32"
-
-    def create_execution_context(self):
-        return types.SimpleNamespace(set_input_shape=lambda name, shape: True)
-
-    def create_engine_inspector(self):
-        fmt = {"half": FP16_FMT, None: INT8_FMT}
-        records = [layer(name, [fmt[p]], [fmt[p]]) for name, p in self.layers]
-        text = json.dumps(inspector(*records))
-        return types.SimpleNamespace(execution_context=None,
-                                     get_engine_information=lambda fmt: text)
-
-
-class FakeRuntime(object):
-    def __init__(self, logger):
-        pass
-
-    def deserialize_cuda_engine(self, data):
-        return FakeEngine() if data == b"serialized plan" else None
-
-
-def fake_tensorrt():
-    """Stand-in for the tensorrt module of a 10.3 install (names and behaviour, no GPU)."""
-    enum = types.SimpleNamespace
-    return types.SimpleNamespace(
-        __version__="10.3.0.30", float16="half", nptype=lambda dtype: np.float32,
-        Logger=type("Logger", (object,), {"VERBOSE": 0, "WARNING": 2,
-                                          "__init__": lambda self, severity: None}),
-        Builder=FakeBuilder, OnnxParser=FakeParser, Runtime=FakeRuntime,
-        IInt8EntropyCalibrator2=StandInCalibratorBase, LayerType=LAYER_TYPES,
-        NetworkDefinitionCreationFlag=enum(EXPLICIT_BATCH=Flag(0), STRONGLY_TYPED=Flag(5)),
-        BuilderFlag=enum(FP16="fp16", INT8="int8", OBEY_PRECISION_CONSTRAINTS="obey"),
-        MemoryPoolType=enum(WORKSPACE="ws"), ProfilingVerbosity=enum(DETAILED="detailed"),
-        LayerInformationFormat=enum(JSON="json"), TensorIOMode=enum(INPUT="in", OUTPUT="out"),
-        ILayer=enum(precision=1, set_output_type=1),
-        IBuilderConfig=enum(set_memory_pool_limit=1, int8_calibrator=1,
-                            set_calibration_profile=1),
-        ICudaEngine=enum(num_io_tensors=1), IExecutionContext=enum(set_input_shape=1))
+    ``served`` collects the calibration batch sizes; ``honour_pins=False`` makes
+    its builder ignore FP16 pins and casts, as a TensorRT that fused them away.
+    """
+    return stand_in_tensorrt(graph=lambda data: resnet_like().layers, classes=6, served=served,
+                             honour_pins=honour_pins)
 
 
 @pytest.fixture
@@ -431,8 +271,6 @@ def sources(tmp_path, monkeypatch):
 
     monkeypatch.setattr(build, "_device_allocator", allocator)
     monkeypatch.setattr(build, "detect_device", lambda cuda=None: "Orin")
-    FakeBuilder.honour_pins = True
-    FakeBuilder.calibration_batches = []
     return tmp_path
 
 
@@ -444,7 +282,7 @@ def images(root, count):
 def test_explicit_build_writes_a_verified_engine_then_reuses_it(sources, caplog):
     # Strongly typed on 10.3: the pin comes from the Q/DQ graph's Cast, not from layer.precision.
     req = request(engines_dir=str(sources), precision="int8", route="explicit", device="Orin")
-    path = build.build_engine(req, trt=fake_tensorrt())
+    path = build.build_engine(req, trt=resnet_tensorrt())
     assert os.path.basename(path).startswith("m.int8.trt10.3.0.orin.")
     side = json.load(open(path + ".json"))
     assert side["pinned_layers"] == ["/conv1/Conv"] and side["route"] == "explicit"
@@ -452,28 +290,28 @@ def test_explicit_build_writes_a_verified_engine_then_reuses_it(sources, caplog)
                                         "/layer1/layer1.0/conv2/Conv",
                                         "/layer2/layer2.0/conv1/Conv"]
     with caplog.at_level(logging.INFO, logger="jetquant.build"):
-        assert build.build_engine(req, trt=fake_tensorrt()) == path
+        assert build.build_engine(req, trt=resnet_tensorrt()) == path
     assert any("reused" in r.getMessage() for r in caplog.records)
 
 
 def test_implicit_build_calibrates_once_then_uses_the_cache(sources):
     req = request(engines_dir=str(sources), precision="int8", device="Orin",
                   calib_paths=images(sources, 20), calib_batch=8, calib_set_sha256="c" * 64)
-    build.build_engine(req, trt=fake_tensorrt())
-    assert FakeBuilder.calibration_batches == [8, 8]
+    served = []
+    build.build_engine(req, trt=resnet_tensorrt(served))
+    assert served == [8, 8]
     cache = sources / "m.trt-calib.cache"
     assert cache.read_bytes().startswith(b"TRT-100300-EntropyCalibration2")
-    build.build_engine(req._replace(max_batch=16), trt=fake_tensorrt())
-    assert FakeBuilder.calibration_batches == [8, 8]
+    build.build_engine(req._replace(max_batch=16), trt=resnet_tensorrt(served))
+    assert served == [8, 8]
     with pytest.raises(JetquantError, match="is stale, made for other batch_size"):
-        build.build_engine(req._replace(calib_batch=4), trt=fake_tensorrt())
+        build.build_engine(req._replace(calib_batch=4), trt=resnet_tensorrt(served))
 
 
 def test_ignored_pin_fails_the_build_and_saves_nothing(sources):
-    FakeBuilder.honour_pins = False
     req = request(engines_dir=str(sources), precision="int8", route="explicit", device="Orin")
     with pytest.raises(JetquantError) as info:
-        build.build_engine(req, trt=fake_tensorrt())
+        build.build_engine(req, trt=resnet_tensorrt(honour_pins=False))
     assert "did not run as asked" in str(info.value)
     assert "/conv1/Conv (want FP16) ran in engine layer '/conv1/Conv': inputs ['INT8']" in \
         str(info.value)
@@ -488,10 +326,11 @@ def test_build_stage_entry_builds_every_precision(sources):
                                                         for p in paths])
     opts = types.SimpleNamespace(engines_dir=str(sources), route="auto", precision="auto",
                                  recalibrate=False)
+    served = []
     record = {"preprocess": Preprocess().to_dict(), "classes": ["bad", "good"]}
     calib = {"key": {"calib_set_sha256": "c" * 64, "batch_size": 4, "algorithm": "entropy"}}
     built = build.build_engines({"fp32": str(sources / "m.fp32.onnx")}, record, calib,
-                                ["/conv1/Conv"], dataset, opts, trt=fake_tensorrt())
+                                ["/conv1/Conv"], dataset, opts, trt=resnet_tensorrt(served))
     assert sorted(built) == ["trt-fp16", "trt-fp32", "trt-int8"]
     assert json.load(open(built["trt-int8"] + ".json"))["classes"] == ["bad", "good"]
-    assert FakeBuilder.calibration_batches == [4, 4]
+    assert served == [4, 4]

@@ -140,7 +140,7 @@ def _measure_in_rounds(models, tmp, args, batches):
     model alike instead of on whichever was measured last. Logits, throughput
     and the accuracy-only models are measured once, in the first round.
     """
-    rounds = max(1, min(args.rounds, args.iterations))
+    rounds = args.rounds  # the CLI refuses more rounds than iterations
     shares = [args.iterations // rounds + (r < args.iterations % rounds) for r in range(rounds)]
     parts = {name: [] for name, *_ in models}
     for r, share in enumerate(shares):

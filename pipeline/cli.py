@@ -5,6 +5,7 @@ are printed on one line and exit with status 2.
 """
 
 import argparse
+import signal
 import sys
 
 from .errors import JetquantError
@@ -85,7 +86,8 @@ def _engine_args(parser):
         "--epochs",
         type=positive_int,
         default=12,
-        help="training epochs if a baseline must be trained (default 12)",
+        help="training epochs if a baseline must be trained, and for both students in "
+        "distill (default 12)",
     )
     parser.add_argument("--init", help="weights to fine-tune from when training")
     parser.add_argument(
@@ -189,7 +191,11 @@ def get_parser():
     _engine_args(distill)
     _benchmark_args(distill)
     distill.add_argument(
-        "--student", default="resnet18", choices=["resnet18", "resnet34", "mobilenet_v3_large"]
+        "--student",
+        default="resnet18",
+        choices=["resnet18", "resnet34", "mobilenet_v3_large"],
+        help="student architecture (default resnet18); distill's --max-top1-drop defaults to "
+        "2 points, the student's budget against the teacher's FP32",
     )
     distill.add_argument(
         "--temperature", type=float, default=2.0, help="softmax temperature T (default 2)"
@@ -203,10 +209,19 @@ def get_parser():
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status.
+
+    SIGTERM is handled like Ctrl-C, so a stopped run kills its benchmark workers and
+    removes its temporary files instead of leaving them behind.
+    """
     args = get_parser().parse_args(argv)
     setup(args.verbose)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _dispatch(args)
     except JetquantError as exc:
@@ -215,6 +230,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("jetquant: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _options(args):
@@ -256,6 +273,15 @@ def _check_report_dir(path, args=None):
     if os.path.exists(path) and not os.path.isdir(path):
         raise JetquantError("--report-dir {} is a file; give a folder (it is created if "
                             "missing)".format(path))
+    if args is not None and getattr(args, "rounds", 1) > args.iterations:
+        raise JetquantError("--rounds {} is more than --iterations {}: every round needs at "
+                            "least one timed run; lower --rounds or raise --iterations".format(
+                                args.rounds, args.iterations))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise JetquantError("--report-dir {} cannot be created ({}); give a folder you can "
+                            "write".format(path, exc.strerror)) from None
 
 
 def _verdict(report):

@@ -24,6 +24,7 @@ the value of distillation is measured, not assumed.
 """
 
 import io
+import math
 import os
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 from torch.nn import functional
 
 from .artifacts import atomic_write, is_fresh, sha256_file, write_sidecar
-from .data import load_dataset
+from .data import check_classes, load_dataset
 from .errors import JetquantError
 from .evaluate import logits_of, torch_runner
 from .log import Timer, get_logger
@@ -44,6 +45,7 @@ log = get_logger("distill")
 STUDENTS = ("resnet18", "resnet34", "mobilenet_v3_large")
 TEMPERATURE = 2.0
 ALPHA = 0.5
+MAX_TEMPERATURE = 100.0  # beyond this the soft targets are uniform to float precision
 
 
 def teacher_logits(teacher, dataset, spec, cache_path):
@@ -59,9 +61,18 @@ def teacher_logits(teacher, dataset, spec, cache_path):
         "preprocess": spec.to_dict(),
         "views": list(VIEWS),
     }
+    shape = (len(VIEWS), len(dataset.split("train")), len(dataset.classes))
     if is_fresh(cache_path, key):
-        log.info("reusing teacher logits %s", cache_path)
-        return torch.from_numpy(np.load(cache_path))
+        cached = _load_cached(cache_path, shape)
+        if cached is not None:
+            log.info("reusing teacher logits %s", cache_path)
+            return cached
+    elif os.path.exists(cache_path):
+        log.info(
+            "teacher logits %s do not match their record (another teacher, data, "
+            "preprocessing, or changed bytes): recomputing",
+            cache_path,
+        )
     images, _ = load_split(dataset, "train", spec)
     run = torch_runner(teacher)
     n = images.shape[0]
@@ -83,6 +94,24 @@ def teacher_logits(teacher, dataset, spec, cache_path):
         timer.elapsed,
         cache_path,
     )
+    return torch.from_numpy(logits)
+
+
+def _load_cached(path, shape):
+    try:
+        logits = np.load(path)
+    except (OSError, ValueError) as exc:
+        log.warning("teacher logits %s are unreadable (%s): recomputing", path, exc)
+        return None
+    if logits.shape != shape or logits.dtype != np.float32:
+        log.warning(
+            "teacher logits %s hold %s %s, not float32 %s: recomputing",
+            path,
+            logits.dtype,
+            logits.shape,
+            shape,
+        )
+        return None
     return torch.from_numpy(logits)
 
 
@@ -136,8 +165,17 @@ def train_students(
         (distilled checkpoint path, label-only checkpoint path).
     """
     meta = read_meta(teacher)
+    check_classes(dataset, meta["classes"], "teacher " + str(teacher))
     spec = Preprocess.from_dict(meta["preprocess"])
     distilled, labels_only = student_paths(checkpoints_dir, dataset, student)
+    for path in (distilled, labels_only):
+        if os.path.exists(path) and os.path.samefile(path, teacher):
+            raise JetquantError(
+                "teacher {} is where this run writes its {} student; copy it to another "
+                "name and pass that as --checkpoint".format(
+                    teacher, "distilled" if path == distilled else "label-only"
+                )
+            )
     recipe = Recipe(epochs=epochs, device=device)
     settings = {
         "teacher_sha256": sha256_file(teacher),
@@ -150,7 +188,9 @@ def train_students(
     if not _current(distilled, dataset, taught):
         cache = os.path.join(
             checkpoints_dir,
-            "{}.teacher-logits.npy".format(os.path.basename(teacher).replace(".safetensors", "")),
+            "{}.{}.teacher-logits.npy".format(
+                os.path.basename(teacher).replace(".safetensors", ""), dataset.name
+            ),
         )
         targets = teacher_logits(teacher, dataset, spec, cache)
         log.info(
@@ -194,22 +234,26 @@ def _current(path, dataset, settings):
     )
 
 
+def check_settings(alpha, temperature):
+    """Refuse an alpha outside [0, 1] or a temperature that is not a finite number in (0, 100]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise JetquantError(
+            "--alpha {} is outside [0, 1]: it weighs the teacher's term against "
+            "the labels' (0.5 = equal)".format(alpha)
+        )
+    if not (math.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE):
+        raise JetquantError(
+            "--temperature {} must be a number above 0 and at most {:g} (1 = the teacher's "
+            "plain softmax, default {:g})".format(temperature, MAX_TEMPERATURE, TEMPERATURE)
+        )
+
+
 def run_distill(opts, args):
     """Teacher FP32/INT8, distilled student FP32/INT8 and label-only student, in one report."""
     from .benchmark import cpu_models, measure
     from .workflow import Options, checkpoint_for, engine
 
-    if not 0.0 <= args.alpha <= 1.0:
-        raise JetquantError(
-            "--alpha {} is outside [0, 1]: it weighs the teacher's term against "
-            "the labels' (0.5 = equal)".format(args.alpha)
-        )
-    if not args.temperature > 0:
-        raise JetquantError(
-            "--temperature {} must be above 0 (1 = the teacher's plain softmax, default 2)".format(
-                args.temperature
-            )
-        )
+    check_settings(args.alpha, args.temperature)
     dataset = load_dataset(opts.data, allow_leakage=opts.allow_leakage)
     teacher = checkpoint_for(opts, dataset)
     distilled, labels_only = train_students(

@@ -154,7 +154,7 @@ def resolve_limits(overrides=None, config_path=None):
     for name, value in (overrides or {}).items():
         if value is None:
             continue
-        limits[name] = _check_limit(name, value, f"gate option --{name}")
+        limits[name] = _check_limit(name, value, "--" + name.replace("_", "-"))
     return limits
 
 

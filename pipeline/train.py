@@ -18,6 +18,7 @@ from torch import nn
 
 from . import __version__
 from .data import paths
+from .errors import JetquantError
 from .log import Timer, get_logger
 from .model import build, load_init_weights, save_checkpoint
 from .preprocess import Preprocess, load_batch
@@ -231,6 +232,13 @@ def _fit(model, recipe, bf16, device, objective, train_x, train_y, eval_x, eval_
             images, views = random_flips(train_x[batch], generator)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 loss = objective(model(images.to(device)), batch, train_y[batch].to(device), views)
+            if not torch.isfinite(loss):
+                raise JetquantError(
+                    "training loss became {} at epoch {}; nothing was saved. Lower the "
+                    "learning rate, or for distillation pick a smaller --temperature".format(
+                        float(loss), epoch
+                    )
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -76,3 +76,50 @@ def test_help_lists_stages():
     for stage in ("train", "export", "calibrate", "engine", "benchmark"):
         assert stage in proc.stdout
     assert os.path.isfile(os.path.join(ROOT, "Makefile"))
+
+
+def test_report_options_that_cannot_work_fail_before_measuring(tmp_path):
+    from pipeline.cli import main
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    missing = str(tmp_path / "no-data")
+    assert main(["benchmark", "--data", missing, "--report-dir", str(blocker / "sub")]) == 2
+    assert main(["benchmark", "--data", missing, "--iterations", "5", "--rounds", "6",
+                 "--report-dir", str(tmp_path / "r")]) == 2
+    assert blocker.read_text() == "not a folder"
+
+
+def test_rounds_and_unwritable_report_dir_messages_name_the_option(tmp_path):
+    proc = _run("benchmark", "--data", str(tmp_path / "none"), "--iterations", "5",
+                "--rounds", "6", "--report-dir", str(tmp_path / "r"))
+    lines = _error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "--rounds 6" in lines[0]
+    (tmp_path / "f").write_text("")
+    proc = _run("benchmark", "--data", str(tmp_path / "none"), "--report-dir",
+                str(tmp_path / "f" / "sub"))
+    lines = _error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot be created" in lines[0]
+
+
+def test_sigterm_is_an_interrupt_that_unwinds(monkeypatch, capsys):
+    import signal
+    import time
+
+    from pipeline import cli
+
+    unwound = []
+
+    def dispatch(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            unwound.append(True)  # a finally block (temp folder, worker) still runs
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["benchmark", "--data", "x"]) == 130
+    assert unwound == [True] and "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -66,6 +66,8 @@ def test_teacher_logits_cached_and_students_trained(tiny, tmp_path, caplog):
     again = teacher_logits(tiny["checkpoint"], tiny["dataset"], tiny["spec"], cache)
     assert torch.equal(first, again) and "reusing teacher logits" in caplog.text
     distilled, labels = train_students(tiny["dataset"], tiny["checkpoint"], str(tmp_path), epochs=1)
+    # the logits cache is named after the teacher and the data set
+    assert (tmp_path / "tiny.{}.teacher-logits.npy".format(tiny["dataset"].name)).exists()
     assert read_meta(distilled)["distillation"]["alpha"] == ALPHA
     assert read_meta(distilled)["distillation"]["teacher_views"] == list(VIEWS)
     assert read_meta(labels)["distillation"]["alpha"] == 0.0
@@ -74,7 +76,14 @@ def test_teacher_logits_cached_and_students_trained(tiny, tmp_path, caplog):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("--alpha", "1.5"), ("--alpha", "-0.1"), ("--temperature", "0"), ("--temperature", "nan")],
+    [
+        ("--alpha", "1.5"),
+        ("--alpha", "-0.1"),
+        ("--temperature", "0"),
+        ("--temperature", "nan"),
+        ("--temperature", "inf"),
+        ("--temperature", "1e6"),
+    ],
 )
 def test_out_of_range_distillation_options_are_refused_before_any_work(
     option, value, tmp_path, capsys
@@ -84,3 +93,85 @@ def test_out_of_range_distillation_options_are_refused_before_any_work(
     code = main(["distill", "--data", str(tmp_path / "missing"), option, value])
     assert code == 2
     assert option in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_stage_defaults():
+    from pipeline.cli import get_parser
+    from pipeline.distill import TEMPERATURE
+
+    args = get_parser().parse_args(["distill", "--data", "x"])
+    assert (args.temperature, args.alpha) == (TEMPERATURE, ALPHA) == (2.0, 0.5)
+
+
+def test_a_teacher_for_other_classes_is_refused_before_any_work(tiny, tmp_path):
+    import csv
+
+    from pipeline.data import load_dataset
+    from pipeline.errors import JetquantError
+
+    with open(tiny["manifest"]) as handle:
+        rows = [r for r in csv.DictReader(handle) if r["label"] != "scratches"]
+    manifest = tmp_path / "five.csv"
+    with open(str(manifest), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(JetquantError, match="teacher .* was trained for classes"):
+        train_students(load_dataset(str(manifest)), tiny["checkpoint"], str(tmp_path), epochs=1)
+    assert list(tmp_path.iterdir()) == [manifest]  # no logits cache, no student
+
+
+def test_a_teacher_at_a_student_path_is_refused_not_overwritten(tiny, tmp_path):
+    import shutil
+
+    from pipeline.distill import student_paths
+    from pipeline.errors import JetquantError
+
+    distilled, _ = student_paths(str(tmp_path), tiny["dataset"], "resnet18")
+    shutil.copy(tiny["checkpoint"], distilled)
+    before = open(distilled, "rb").read()
+    with pytest.raises(JetquantError, match="copy it to another name"):
+        train_students(tiny["dataset"], distilled, str(tmp_path), epochs=1)
+    assert open(distilled, "rb").read() == before
+
+
+def test_unreadable_cached_logits_with_a_matching_record_are_recomputed(tiny, tmp_path, caplog):
+    import json
+    import logging
+
+    from pipeline.artifacts import write_sidecar
+
+    caplog.set_level(logging.INFO, logger="jetquant")
+    cache = str(tmp_path / "t.npy")
+    good = teacher_logits(tiny["checkpoint"], tiny["dataset"], tiny["spec"], cache)
+    key = json.load(open(cache + ".json"))["key"]
+    for bad in (b"\x93NUMPY truncated", None):
+        if bad is None:  # a readable array of the wrong shape
+            np.save(cache, good.numpy()[0])
+        else:
+            open(cache, "wb").write(bad)
+        write_sidecar(cache, key)  # the record now vouches for the bad bytes
+        again = teacher_logits(tiny["checkpoint"], tiny["dataset"], tiny["spec"], cache)
+        assert torch.allclose(again, good, atol=1e-5)
+    assert "unreadable" in caplog.text and "not float32" in caplog.text
+
+
+def test_a_non_finite_loss_stops_training_and_writes_nothing(tiny, tmp_path):
+    from pipeline.errors import JetquantError
+    from pipeline.train import train
+
+    out = tmp_path / "nan.safetensors"
+
+    def nan_loss(logits, batch, labels, views):
+        return logits.sum() * float("nan")
+
+    with pytest.raises(JetquantError, match="training loss became nan at epoch 1"):
+        train(
+            tiny["dataset"],
+            str(out),
+            arch="resnet18",
+            recipe=Recipe(epochs=1, batch_size=8),
+            spec=tiny["spec"],
+            objective=nan_loss,
+        )
+    assert not out.exists()

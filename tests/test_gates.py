@@ -212,7 +212,7 @@ def test_unreadable_and_invalid_config(tmp_path):
 
 
 def test_bad_flag_is_named():
-    with pytest.raises(JetquantError, match="--min_speedup"):
+    with pytest.raises(JetquantError, match="--min-speedup"):
         gates.resolve_limits({"min_speedup": "x2"})
     with pytest.raises(JetquantError, match="unknown gate 'speed'"):
         gates.resolve_limits({"speed": 3})

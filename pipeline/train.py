@@ -236,7 +236,7 @@ def _fit(model, recipe, bf16, device, objective, train_x, train_y, eval_x, eval_
                 raise JetquantError(
                     "training loss became {} at epoch {}; nothing was saved. Lower the "
                     "learning rate, or for distillation pick a smaller --temperature".format(
-                        float(loss), epoch
+                        float(loss.detach()), epoch
                     )
                 )
             optimizer.zero_grad(set_to_none=True)

@@ -319,6 +319,11 @@ def _validate(dataset, check_images, allow_leakage):
             if not allow_leakage:
                 raise JetquantError(message + ", or pass --allow-leakage")
             log.warning(message)
+    if not dataset.split("eval"):
+        raise JetquantError(
+            "data set {} has no eval images: every stage reports accuracy on the eval split; "
+            "give the manifest rows with split=eval".format(dataset.source)
+        )
 
 
 def check_classes(dataset, classes, what):

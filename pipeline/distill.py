@@ -100,8 +100,12 @@ def teacher_logits(teacher, dataset, spec, cache_path):
 def _load_cached(path, shape):
     try:
         logits = np.load(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         log.warning("teacher logits %s are unreadable (%s): recomputing", path, exc)
+        return None
+    if not isinstance(logits, np.ndarray):
+        logits.close()  # an .npz archive, not one array
+        log.warning("teacher logits %s are an archive, not one array: recomputing", path)
         return None
     if logits.shape != shape or logits.dtype != np.float32:
         log.warning(
@@ -166,6 +170,13 @@ def train_students(
     """
     meta = read_meta(teacher)
     check_classes(dataset, meta["classes"], "teacher " + str(teacher))
+    if meta.get("arch") == student:
+        log.warning(
+            "the teacher %s is a %s like the students: if it was trained with the same recipe "
+            "and epochs, the label-only student repeats its training",
+            teacher,
+            student,
+        )
     spec = Preprocess.from_dict(meta["preprocess"])
     distilled, labels_only = student_paths(checkpoints_dir, dataset, student)
     for path in (distilled, labels_only):

@@ -152,6 +152,11 @@ def train(
     """
     recipe = recipe or Recipe()
     spec = spec or Preprocess()
+    if not dataset.split("train"):
+        raise JetquantError(
+            "data set {} has no train images to train on; give the manifest rows with "
+            "split=train, or pass --checkpoint".format(dataset.source)
+        )
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     torch.set_num_threads(os.cpu_count() or 1)

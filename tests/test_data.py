@@ -121,3 +121,12 @@ def test_nested_folder_in_class_folder_is_reported(class_folders, caplog):
     dataset = load_dataset(str(class_folders))
     assert "not used" in caplog.text and "more" in caplog.text
     assert not any("more" in s.rel for s in dataset.samples)
+
+
+def test_a_data_set_without_eval_images_is_refused(tmp_path):
+    write_image(str(tmp_path / "a.png"), seed=1)
+    write_image(str(tmp_path / "b.png"), seed=2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split\na.png,x,train\nb.png,x,calib\n")
+    with pytest.raises(JetquantError, match="no eval images.*split=eval"):
+        load_dataset(str(manifest))

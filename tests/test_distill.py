@@ -145,15 +145,19 @@ def test_unreadable_cached_logits_with_a_matching_record_are_recomputed(tiny, tm
     cache = str(tmp_path / "t.npy")
     good = teacher_logits(tiny["checkpoint"], tiny["dataset"], tiny["spec"], cache)
     key = json.load(open(cache + ".json"))["key"]
-    for bad in (b"\x93NUMPY truncated", None):
-        if bad is None:  # a readable array of the wrong shape
+    for bad in (b"\x93NUMPY truncated", b"", "shape", "archive"):
+        if bad == "shape":  # a readable array of the wrong shape
             np.save(cache, good.numpy()[0])
+        elif bad == "archive":  # an .npz under the .npy name
+            with open(cache, "wb") as handle:
+                np.savez(handle, logits=good.numpy())
         else:
             open(cache, "wb").write(bad)
         write_sidecar(cache, key)  # the record now vouches for the bad bytes
         again = teacher_logits(tiny["checkpoint"], tiny["dataset"], tiny["spec"], cache)
         assert torch.allclose(again, good, atol=1e-5)
     assert "unreadable" in caplog.text and "not float32" in caplog.text
+    assert "an archive" in caplog.text
 
 
 def test_a_non_finite_loss_stops_training_and_writes_nothing(tiny, tmp_path):
@@ -175,3 +179,14 @@ def test_a_non_finite_loss_stops_training_and_writes_nothing(tiny, tmp_path):
             objective=nan_loss,
         )
     assert not out.exists()
+
+
+def test_training_without_train_images_is_refused(tiny, tmp_path):
+    from pipeline.data import Dataset
+    from pipeline.errors import JetquantError
+    from pipeline.train import train
+
+    held_out = [s for s in tiny["dataset"].samples if s.split != "train"]
+    dataset = Dataset("no-train", "no-train.csv", held_out)
+    with pytest.raises(JetquantError, match="no train images.*--checkpoint"):
+        train(dataset, str(tmp_path / "x.safetensors"), arch="resnet18", spec=tiny["spec"])

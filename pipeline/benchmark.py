@@ -83,7 +83,7 @@ def measure(models, dataset, fp32_path, pinned, args, comparisons=None, extra_ga
     from . import gates
     from . import report as reporting
     from .device import describe_host
-    from .evaluate import eval_arrays
+    from .evaluate import eval_arrays, session_settings
     from .preprocess import Preprocess
 
     with open(fp32_path + ".json") as handle:
@@ -232,18 +232,6 @@ def versions():
         "torch": torch.__version__,
         "numpy": np.__version__,
         "tensorrt": tensorrt_available(),
-    }
-
-
-def session_settings():
-    """How every ONNX Runtime session that produced figures was configured."""
-    from .evaluate import DISABLED_OPTIMIZERS
-
-    return {
-        "graph_optimization_level": "ORT_ENABLE_ALL",
-        "disabled_optimizers": list(DISABLED_OPTIMIZERS),
-        "intra_op_threads": os.cpu_count() or 1,
-        "execution_mode": "ORT_SEQUENTIAL",
     }
 
 

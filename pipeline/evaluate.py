@@ -31,8 +31,23 @@ def eval_arrays(dataset, spec, split="eval"):
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
+def session_settings(threads=None):
+    """How :func:`ort_session` configures ONNX Runtime; every report records this.
+
+    Args:
+        threads: intra-op threads (all cores if None).
+    """
+    return {
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "disabled_optimizers": list(DISABLED_OPTIMIZERS),
+        "intra_op_threads": threads or os.cpu_count() or 1,
+        "inter_op_threads": 1,
+        "execution_mode": "ORT_SEQUENTIAL",
+    }
+
+
 def ort_session(path, threads=None):
-    """An ONNX Runtime CPU session: all graph optimisations but ``DISABLED_OPTIMIZERS``.
+    """An ONNX Runtime CPU session configured as :func:`session_settings` says.
 
     Args:
         path: the ONNX model.
@@ -40,17 +55,20 @@ def ort_session(path, threads=None):
     """
     import onnxruntime as ort
 
+    settings = session_settings(threads)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, settings["graph_optimization_level"]
+    )
+    options.intra_op_num_threads = settings["intra_op_threads"]
+    options.inter_op_num_threads = settings["inter_op_threads"]
+    options.execution_mode = getattr(ort.ExecutionMode, settings["execution_mode"])
     options.log_severity_level = 3
     return ort.InferenceSession(
         str(path),
         options,
         providers=["CPUExecutionProvider"],
-        disabled_optimizers=DISABLED_OPTIMIZERS,
+        disabled_optimizers=settings["disabled_optimizers"],
     )
 
 

@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from .artifacts import (
@@ -27,7 +26,7 @@ from .artifacts import (
 )
 from .data import check_classes, paths
 from .errors import JetquantError
-from .evaluate import INPUT, OUTPUT
+from .evaluate import INPUT, OUTPUT, ort_session
 from .log import Timer, get_logger
 from .model import load_checkpoint
 from .preprocess import load_batch
@@ -125,7 +124,7 @@ def _to_onnx(ckpt, opset):
 def compare(model, onnx_path, dataset, spec, batch_size=32):
     """Run PyTorch (FP32) and ONNX Runtime on the eval split; return the agreement figures."""
     samples = dataset.split("eval")
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path)
     diffs, agree, right_ref, right_got, finite = [], 0, 0, 0, True
     labels = dataset.labels(samples)
     model.eval()

@@ -13,7 +13,7 @@ from .log import get_logger, setup
 
 log = get_logger("cli")
 
-ARCHS = ["resnet50", "resnet18", "resnet34", "mobilenet_v3_large"]
+ARCHS = ["resnet50", "resnet18", "resnet34", "mobilenet_v3_large"]  # the baseline's first
 
 
 def positive_int(text):
@@ -193,7 +193,7 @@ def get_parser():
     distill.add_argument(
         "--student",
         default="resnet18",
-        choices=["resnet18", "resnet34", "mobilenet_v3_large"],
+        choices=ARCHS[1:],
         help="student architecture (default resnet18); distill's --max-top1-drop defaults to "
         "2 points, the student's budget against the teacher's FP32",
     )
@@ -259,24 +259,23 @@ def _options(args):
     return Options(**values)
 
 
-def _check_report_dir(path, args=None):
-    """Refuse a report folder that is a file, and bad gate limits, before any measuring."""
+def _check_measure_args(args):
+    """Refuse bad gate limits, rounds and report folder of benchmark/distill before any work."""
     import os
 
-    if args is not None:
-        from .gates import resolve_limits
+    from .gates import resolve_limits
 
-        resolve_limits({"max_top1_drop": args.max_top1_drop,
-                        "max_class_recall_drop": args.max_class_recall_drop,
-                        "min_speedup": args.min_speedup}, args.gates)
-
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise JetquantError("--report-dir {} is a file; give a folder (it is created if "
-                            "missing)".format(path))
-    if args is not None and getattr(args, "rounds", 1) > args.iterations:
+    resolve_limits({"max_top1_drop": args.max_top1_drop,
+                    "max_class_recall_drop": args.max_class_recall_drop,
+                    "min_speedup": args.min_speedup}, args.gates)
+    if args.rounds > args.iterations:
         raise JetquantError("--rounds {} is more than --iterations {}: every round needs at "
                             "least one timed run; lower --rounds or raise --iterations".format(
                                 args.rounds, args.iterations))
+    path = args.report_dir
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise JetquantError("--report-dir {} is a file; give a folder (it is created if "
+                            "missing)".format(path))
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -295,10 +294,10 @@ def _dispatch(args):
     if args.command == "train":
         from .data import load_dataset
         from .train import Recipe, train
-        from .workflow import stem
+        from .workflow import DEFAULT_ARCH, stem
 
         dataset = load_dataset(args.data, allow_leakage=args.allow_leakage)
-        arch = args.arch or "resnet50"
+        arch = args.arch or DEFAULT_ARCH
         out = args.out or "checkpoints/{}.safetensors".format(stem(dataset, arch))
         recipe = Recipe(epochs=args.epochs, device=args.device)
         train(dataset, out, arch=arch, recipe=recipe, init=args.init)
@@ -311,11 +310,11 @@ def _dispatch(args):
     if args.command == "benchmark":
         from .benchmark import run_benchmark
 
-        _check_report_dir(args.report_dir, args)
+        _check_measure_args(args)
         return _verdict(run_benchmark(_options(args), args))
     if args.command == "distill":
         from .distill import run_distill
 
-        _check_report_dir(args.report_dir, args)
+        _check_measure_args(args)
         return _verdict(run_distill(_options(args), args))
     raise JetquantError("unknown command " + args.command)

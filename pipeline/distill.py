@@ -42,7 +42,6 @@ from .train import VIEWS, Recipe, flip_view, label_objective, load_split, train
 
 log = get_logger("distill")
 
-STUDENTS = ("resnet18", "resnet34", "mobilenet_v3_large")
 TEMPERATURE = 2.0
 ALPHA = 0.5
 MAX_TEMPERATURE = 100.0  # beyond this the soft targets are uniform to float precision

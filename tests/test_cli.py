@@ -123,3 +123,11 @@ def test_sigterm_is_an_interrupt_that_unwinds(monkeypatch, capsys):
     assert cli.main(["benchmark", "--data", "x"]) == 130
     assert unwound == [True] and "interrupted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_cli_architectures_are_the_models_the_package_builds():
+    from pipeline.cli import ARCHS
+    from pipeline.model import ARCHITECTURES
+    from pipeline.workflow import DEFAULT_ARCH
+
+    assert sorted(ARCHS) == sorted(ARCHITECTURES) and ARCHS[0] == DEFAULT_ARCH

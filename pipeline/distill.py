@@ -38,7 +38,7 @@ from .evaluate import logits_of, torch_runner
 from .log import Timer, get_logger
 from .model import read_meta
 from .preprocess import Preprocess
-from .train import VIEWS, Recipe, flip_view, label_objective, load_split, train
+from .train import VIEWS, Recipe, as_view, label_objective, load_split, train
 
 log = get_logger("distill")
 
@@ -77,10 +77,7 @@ def teacher_logits(teacher, dataset, spec, cache_path):
     n = images.shape[0]
     with Timer() as timer:
         logits = np.stack(
-            [
-                logits_of(run, flip_view(images, _mask(n, v & 1), _mask(n, v & 2)).numpy())
-                for v in range(len(VIEWS))
-            ]
+            [logits_of(run, as_view(images, view).numpy()) for view in range(len(VIEWS))]
         )
     buffer = io.BytesIO()
     np.save(buffer, logits)
@@ -116,10 +113,6 @@ def _load_cached(path, shape):
         )
         return None
     return torch.from_numpy(logits)
-
-
-def _mask(n, flag):
-    return torch.full((n,), bool(flag), dtype=torch.bool)
 
 
 def distill_objective(targets, temperature=TEMPERATURE, alpha=ALPHA, recipe=None):

@@ -86,6 +86,14 @@ def random_flips(images, generator):
     return flip_view(images, hflip, vflip), hflip.long() + 2 * vflip.long()
 
 
+def as_view(images, view):
+    """A copy of ``images``, every one seen as ``VIEWS[view]``."""
+    n = images.shape[0]
+    hflip = torch.full((n,), bool(view & 1), dtype=torch.bool)
+    vflip = torch.full((n,), bool(view & 2), dtype=torch.bool)
+    return flip_view(images, hflip, vflip)
+
+
 def flip_view(images, hflip, vflip):
     """A copy of ``images`` with the images selected by the boolean masks flipped."""
     images = images.clone()

@@ -112,10 +112,10 @@ def calibrate(
     if os.path.isfile(str(cache_path)) and not recalibrate:
         try:
             record = load_cache(cache_path, key)
-        except JetquantError as exc:
-            if explicit or "is stale" not in str(exc):
+        except StaleCacheError as exc:
+            if explicit:
                 raise
-            log.warning("%s: recalibrating", str(exc).split("; delete it")[0])
+            log.warning("%s: recalibrating", exc.reason)
         else:
             log.info("reusing calibration cache %s (key matches)", cache_path)
             _log_summary(record)
@@ -139,6 +139,16 @@ def calibrate(
     return record
 
 
+class StaleCacheError(JetquantError):
+    """A calibration cache made for other inputs; ``reason`` says which, the message the fix."""
+
+    def __init__(self, reason):
+        super().__init__(
+            reason + "; delete it or rerun with --recalibrate (RECALIBRATE=1 with make)"
+        )
+        self.reason = reason
+
+
 def load_cache(path, key):
     """Read a calibration cache, refusing it when any key field differs from ``key``."""
     try:
@@ -160,9 +170,8 @@ def load_cache(path, key):
         for field in changed:
             if _what(field) not in what:
                 what.append(_what(field))
-        raise JetquantError(
-            "calibration cache {} is stale: it was made for other {} ({}); delete it or rerun "
-            "with --recalibrate (RECALIBRATE=1 with make)".format(
+        raise StaleCacheError(
+            "calibration cache {} is stale: it was made for other {} ({})".format(
                 path, ", ".join(what), _diff(stored, key, changed[0])
             )
         )

@@ -56,7 +56,7 @@ benchmark: $(STAMP)
 # Modules the device side imports: they must parse on Python 3.6 (Jetson Nano, JetPack 4.6).
 DEVICE_MODULES := pipeline/__init__.py pipeline/errors.py pipeline/log.py pipeline/artifacts.py \
 	pipeline/preprocess.py pipeline/data.py pipeline/stats.py pipeline/device.py \
-	pipeline/compare.py pipeline/gates.py pipeline/report.py pipeline/device_route.py \
+	pipeline/compare.py pipeline/gates.py pipeline/report.py pipeline/device_route.py pipeline/timing.py \
 	pipeline/trt_adapter.py pipeline/trt_calibrator.py pipeline/trt_build.py pipeline/trt_runtime.py
 TRT_BINDINGS := .cache/trt-bindings
 

@@ -24,11 +24,9 @@ from .artifacts import sha256_file
 from .compare import assemble, compare_pair
 from .errors import JetquantError
 from .log import get_logger
+from .timing import noisy, throughput
 
 log = get_logger("benchmark")
-
-NOISY_CV = 0.10
-
 
 def cpu_models(artifacts, checkpoint, prefix="", roles=None):
     """(name, precision, role, runner kind, path) for every model measured on the CPU.
@@ -178,18 +176,16 @@ def _merge_rounds(parts):
 
 
 def _warn_noisy(report):
-    for r in report["results"]:
-        cv = (r.get("latency_ms") or {}).get("cv")
-        if cv is not None and cv > NOISY_CV:
-            log.warning(
-                "%s: batch-1 latency is noisy (coefficient of variation %.0f %%): stop "
-                "other work on this machine and rerun%s",
-                r["name"],
-                100 * cv,
-                "; on a Jetson: sudo nvpmodel -m 0 && sudo jetson_clocks"
-                if report["environment"].get("l4t")
-                else "",
-            )
+    for name, cv in noisy(report["results"]):
+        log.warning(
+            "%s: batch-1 latency is noisy (coefficient of variation %.0f %%): stop "
+            "other work on this machine and rerun%s",
+            name,
+            100 * cv,
+            "; on a Jetson: sudo nvpmodel -m 0 && sudo jetson_clocks"
+            if report["environment"].get("l4t")
+            else "",
+        )
 
 
 def sidecar_pins(path):
@@ -283,7 +279,7 @@ def _worker(job_path):
     if job["latency"]:
         samples = _latency(run, images, job["warmup"], job["iterations"])
         result["latency_ms"] = dict(stats.latency_summary(samples), samples=samples)
-        result["throughput"] = {str(b): _throughput(run, images, b) for b in job["batches"]}
+        result["throughput"] = {str(b): throughput(run, images, b) for b in job["batches"]}
     if job["logits"]:
         np.save(job["out"] + ".logits.npy", logits_of(run, images))
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -303,17 +299,6 @@ def _latency(run, images, warmup, iterations):
         samples.append((time.perf_counter() - start) * 1000.0)
     return samples
 
-
-def _throughput(run, images, batch_size, min_seconds=2.0, min_runs=3):
-    batch = np.ascontiguousarray(images[:batch_size])
-    if len(batch) < batch_size:
-        batch = np.concatenate([batch] * (batch_size // max(1, len(batch)) + 1))[:batch_size]
-    run(batch)
-    runs, start = 0, time.perf_counter()
-    while runs < min_runs or time.perf_counter() - start < min_seconds:
-        run(batch)
-        runs += 1
-    return runs * batch_size / (time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import types
 
 import numpy as np
 
-from . import __version__
+from . import __version__, timing
 from . import trt_adapter as adapter
 from .artifacts import atomic_write, atomic_write_json, read_json, sha256_file, sidecar_path
 from .errors import JetquantError
@@ -51,7 +51,6 @@ log = get_logger("device-route")
 
 HOST_FIX = "run `make engine` on a host first and copy engines/ here"
 CLOCKS_CURE = "sudo nvpmodel -m 0 && sudo jetson_clocks"
-NOISY_CV = 0.10
 EVAL_BATCH = 32
 NAMES = {"trt-fp32": "fp32-trt", "trt-fp16": "fp16-trt", "trt-int8": "int8-trt"}
 # (kind, file suffix, what the host writes it with)
@@ -329,18 +328,6 @@ def _latency(runner, images, warmup, iterations):
     return samples, split
 
 
-def _throughput(runner, images, batch_size, min_seconds, min_runs=3):
-    batch = np.ascontiguousarray(images[:batch_size])
-    if len(batch) < batch_size:
-        batch = np.concatenate([batch] * (batch_size // len(batch) + 1))[:batch_size]
-    runner.run(batch)
-    runs, start = 0, time.perf_counter()
-    while runs < min_runs or time.perf_counter() - start < min_seconds:
-        runner.run(batch)
-        runs += 1
-    return runs * batch_size / (time.perf_counter() - start)
-
-
 def measure_engine(path, images, options, trt, cuda):
     """Verify one engine, then measure its accuracy logits, latency and throughput."""
     from . import stats
@@ -356,7 +343,7 @@ def measure_engine(path, images, options, trt, cuda):
         verification = verify_engine(trt, runner, side)
         logits = _logits(runner, images, eval_batch)
         samples, split = _latency(runner, images, options.warmup, options.iterations)
-        throughput = {str(b): _throughput(runner, images, b, options.throughput_seconds)
+        throughput = {str(b): timing.throughput(runner.run, images, b, options.throughput_seconds)
                       for b in batches}
     finally:
         runner.close()
@@ -366,13 +353,11 @@ def measure_engine(path, images, options, trt, cuda):
             "quantized_layers": len(side.get("quantized_layers") or [])}
 
 
-def warn_if_noisy(results, limit=NOISY_CV):
+def warn_if_noisy(results, limit=timing.NOISY_CV):
     """Log one warning per result whose batch-1 latency varied by more than ``limit`` (cv)."""
-    for result in results:
-        cv = (result.get("latency_ms") or {}).get("cv")
-        if cv is not None and cv > limit:
-            log.warning("%s batch-1 latency is noisy (cv %.2f > %.2f): lock the clocks and rerun; "
-                        "on a Jetson: %s", result["name"], cv, limit, CLOCKS_CURE)
+    for name, cv in timing.noisy(results, limit):
+        log.warning("%s batch-1 latency is noisy (cv %.2f > %.2f): lock the clocks and rerun; "
+                    "on a Jetson: %s", name, cv, limit, CLOCKS_CURE)
 
 
 # ---- step 5/6: report ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ JSON cache keyed by everything that produced it; a cache whose key differs is
 refused, never silently used.
 """
 
+import math
 import os
 import resource
 import tempfile
@@ -175,7 +176,23 @@ def load_cache(path, key):
                 path, ", ".join(what), _diff(stored, key, changed[0])
             )
         )
+    _check_ranges(path, record["ranges"])
     return record
+
+
+def _check_ranges(path, ranges):
+    """Refuse ranges no calibration produces: non-finite values, amax <= 0, min > max."""
+    for name, r in sorted(ranges.items()):
+        try:
+            lo, hi, amax = float(r["min"]), float(r["max"]), float(r["amax"])
+        except (KeyError, TypeError, ValueError):
+            lo = hi = amax = float("nan")
+        if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(amax)) \
+                or amax < 0 or lo > hi:
+            raise JetquantError(
+                "calibration cache {}: tensor {!r} has an impossible range {!r} (needs finite "
+                "min <= max and amax >= 0); delete it or rerun with --recalibrate".format(
+                    path, name, r))
 
 
 FIELD_ORDER = ("model_sha256", "preprocess", "calib_set_sha256", "calib_images", "algorithm",

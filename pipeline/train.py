@@ -106,6 +106,10 @@ def pick_device(name="auto"):
     """``cuda`` when asked for, or when available under ``auto``; else ``cpu``."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise JetquantError(
+            "--device cuda: PyTorch sees no CUDA device here; use --device auto or cpu"
+        )
     return name
 
 

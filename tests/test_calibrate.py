@@ -136,3 +136,16 @@ def test_constant_images_fail(tmp_path):
                       dynamic_axes={"input": {0: "batch"}})
     with pytest.raises(JetquantError, match="constant"):
         calibrate(onnx_path, dataset, Preprocess(16, 16), str(tmp_path / "c.json"))
+
+
+@pytest.mark.parametrize("field, value", [("amax", float("nan")), ("amax", -1.0),
+                                          ("min", float("inf")), ("max", "x")])
+def test_a_cache_with_impossible_ranges_is_refused(tiny, tmp_path, field, value):
+    cache = tmp_path / "c.json"
+    record = calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=8)
+    name = record["input"]["name"]
+    record["ranges"][name][field] = value
+    cache.write_text(json.dumps(record))
+    with pytest.raises(JetquantError, match="tensor {!r} has an impossible range".format(name)):
+        calibrate(tiny["onnx"], tiny["dataset"], tiny["spec"], str(cache), batch_size=8,
+                  explicit=True)

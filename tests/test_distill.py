@@ -190,3 +190,13 @@ def test_training_without_train_images_is_refused(tiny, tmp_path):
     dataset = Dataset("no-train", "no-train.csv", held_out)
     with pytest.raises(JetquantError, match="no train images.*--checkpoint"):
         train(dataset, str(tmp_path / "x.safetensors"), arch="resnet18", spec=tiny["spec"])
+
+
+def test_cuda_asked_for_without_a_gpu_is_one_clear_error(monkeypatch):
+    from pipeline.errors import JetquantError
+    from pipeline.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(JetquantError, match="--device cuda: PyTorch sees no CUDA device"):
+        pick_device("cuda")
+    assert pick_device("auto") == "cpu" and pick_device("cpu") == "cpu"
